@@ -1,0 +1,194 @@
+"""Language-model configuration: one frozen dataclass, the tutorial's presets, validated overrides.
+
+Field names follow the TensorFlow PTB tutorial (`init_scale`, `keep_prob`, `max_max_epoch`, ...)
+so that its users recognise every knob. Precedence when building a config:
+preset < config file (TOML or JSON, flat table) < command-line flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from lstmkit.errors import UserError
+
+CELLS = ("lstm", "gru", "rnn")
+PRECISIONS = ("fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class LMConfig:
+    # --- the tutorial's hyperparameters (SPEC §1 preset table) ---
+    init_scale: float = 0.1
+    learning_rate: float = 1.0
+    max_grad_norm: float = 5.0
+    num_layers: int = 2
+    num_steps: int = 20
+    hidden_size: int = 200
+    max_epoch: int = 4
+    max_max_epoch: int = 13
+    keep_prob: float = 1.0
+    lr_decay: float = 0.5
+    batch_size: int = 20
+    # --- model variants ---
+    cell: str = "lstm"
+    forget_bias: float = 0.0  # the tutorial's choice; 1.0 is the common alternative
+    # --- evaluation shape: fast default; the tutorial's stream is batch 1 (see evaluate.py) ---
+    eval_batch_size: int = 10
+    eval_num_steps: int = 50
+    # --- run control ---
+    seed: int = 0
+    precision: str = "fp32"
+    device: str = "auto"
+    checkpoint_every: int = 0  # also checkpoint every N training steps (0: at epoch ends only)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            _check_type(f.name, getattr(self, f.name), f.type)
+        positive = ("num_layers", "num_steps", "hidden_size", "batch_size", "max_max_epoch",
+                    "eval_batch_size", "eval_num_steps")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise UserError(f"config field {name} must be positive, got {getattr(self, name)}")
+        for name in ("init_scale", "learning_rate", "max_grad_norm", "lr_decay"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise UserError(f"config field {name} must be a positive number, got {value}")
+        if self.max_epoch < 0 or self.checkpoint_every < 0:
+            name = "max_epoch" if self.max_epoch < 0 else "checkpoint_every"
+            raise UserError(f"config field {name} must be >= 0, got {getattr(self, name)}")
+        if not (0.0 < self.keep_prob <= 1.0):
+            raise UserError(f"config field keep_prob must be in (0, 1], got {self.keep_prob}")
+        _check_choice("cell", self.cell, CELLS)
+        _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("device", self.device, DEVICES)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def learning_rate_for_epoch(self, epoch: int) -> float:
+        """Learning rate of 1-based `epoch`: constant for `max_epoch` epochs, then decayed."""
+        return self.learning_rate * self.lr_decay ** max(epoch - self.max_epoch, 0)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "small": dict(init_scale=0.1, learning_rate=1.0, max_grad_norm=5.0, num_layers=2, num_steps=20,
+                  hidden_size=200, max_epoch=4, max_max_epoch=13, keep_prob=1.0, lr_decay=0.5,
+                  batch_size=20),
+    "medium": dict(init_scale=0.05, learning_rate=1.0, max_grad_norm=5.0, num_layers=2,
+                   num_steps=35, hidden_size=650, max_epoch=6, max_max_epoch=39, keep_prob=0.5,
+                   lr_decay=0.8, batch_size=20),
+    "large": dict(init_scale=0.04, learning_rate=1.0, max_grad_norm=10.0, num_layers=2,
+                  num_steps=35, hidden_size=1500, max_epoch=14, max_max_epoch=55, keep_prob=0.35,
+                  lr_decay=1 / 1.15, batch_size=20),
+    "test": dict(init_scale=0.1, learning_rate=1.0, max_grad_norm=1.0, num_layers=1, num_steps=2,
+                 hidden_size=2, max_epoch=1, max_max_epoch=1, keep_prob=1.0, lr_decay=0.5,
+                 batch_size=20),
+}
+
+
+def preset(name: str) -> LMConfig:
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return LMConfig(**PRESETS[name])
+
+
+def field_names() -> list[str]:
+    return [f.name for f in fields(LMConfig)]
+
+
+def apply_overrides(config: LMConfig, overrides: Mapping[str, Any], source: str) -> LMConfig:
+    """Return `config` with `overrides` applied; unknown fields and bad values name `source`."""
+    known = {f.name: f.type for f in fields(LMConfig)}
+    coerced = {}
+    for key, value in overrides.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise UserError(f"{source}: unknown config field {key!r}")
+        coerced[name] = _coerce(name, value, known[name], source)
+    try:
+        return dataclasses.replace(config, **coerced)
+    except UserError as err:
+        raise UserError(f"{source}: {err}") from None
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a flat table of config fields from a .toml or .json file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: cannot read config file ({_reason(err)})") from None
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
+    elif path.suffix.lower() == ".toml":
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise UserError(f"{path}: invalid TOML ({err})") from None
+    else:
+        raise UserError(f"{path}: config file must end in .toml or .json")
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: config file must hold a table of fields")
+    nested = [k for k, v in data.items() if isinstance(v, dict)]
+    if nested:
+        raise UserError(f"{path}: config file must be a flat table; {nested[0]!r} is a section")
+    return data
+
+
+def _coerce(name: str, value: Any, typ: Any, source: str) -> Any:
+    """Turn a string from the command line (or a JSON/TOML value) into the field's type."""
+    typ = _type_of(typ)
+    try:
+        if typ is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if typ is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if typ is str:
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+    except (TypeError, ValueError):
+        pass
+    raise UserError(f"{source}: config field {name} must be {typ.__name__}, got {value!r}")
+
+
+def _type_of(annotation: Any) -> type:
+    # `from __future__ import annotations` makes field types strings.
+    return {"int": int, "float": float, "str": str}.get(annotation, annotation)
+
+
+def _check_type(name: str, value: Any, annotation: Any) -> None:
+    typ = _type_of(annotation)
+    ok = isinstance(value, typ) and not isinstance(value, bool)
+    if typ is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok:
+        raise UserError(f"config field {name} must be {typ.__name__}, got {value!r}")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UserError(f"config field {name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _reason(err: BaseException) -> str:
+    return getattr(err, "strerror", None) or str(err)

@@ -1,0 +1,1 @@
+"""Corpus reading, BPTT batching and data download."""

@@ -1,0 +1,1 @@
+"""Models: the recurrent language model and the building blocks it shares."""

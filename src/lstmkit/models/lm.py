@@ -1,0 +1,78 @@
+"""The recurrent language model of Zaremba et al. (2014) / the TensorFlow PTB tutorial.
+
+    ids [B, T] -> embedding [B, T, H] -> dropout -> recurrent stack (dropout between layers)
+        -> dropout -> linear [H, V] + bias -> logits [B, T, V]
+
+Dropout (probability 1 - keep_prob) touches only non-recurrent connections.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lstmkit.config import LMConfig
+from lstmkit.models.recurrent import (State, init_recurrent_, make_recurrent, run_recurrent,
+                                      zero_state)
+
+
+@dataclass(frozen=True)
+class LMShape:
+    """What the model's parameters depend on (saved with every checkpoint)."""
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    cell: str = "lstm"
+
+    @classmethod
+    def of(cls, config: LMConfig, vocab_size: int) -> LMShape:
+        return cls(vocab_size, config.hidden_size, config.num_layers, config.cell)
+
+
+class LanguageModel(nn.Module):
+    def __init__(self, shape: LMShape, keep_prob: float = 1.0) -> None:
+        super().__init__()
+        self.shape = shape
+        drop = 1.0 - keep_prob
+        self.embedding = nn.Embedding(shape.vocab_size, shape.hidden_size)
+        self.input_dropout = nn.Dropout(drop)
+        self.rnn = make_recurrent(shape.cell, shape.hidden_size, shape.hidden_size,
+                                  shape.num_layers, dropout=drop)
+        self.output_dropout = nn.Dropout(drop)
+        self.decoder = nn.Linear(shape.hidden_size, shape.vocab_size)
+
+    def init_weights(self, init_scale: float, forget_bias: float = 0.0) -> None:
+        for param in (self.embedding.weight, self.decoder.weight, self.decoder.bias):
+            nn.init.uniform_(param, -init_scale, init_scale)
+        init_recurrent_(self.rnn, init_scale, forget_bias)
+
+    def zero_state(self, batch_size: int) -> State:
+        weight = self.decoder.weight
+        return zero_state(self.rnn, batch_size, weight.device, weight.dtype)
+
+    def hidden(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """Top-layer outputs [B, T, H] (after output dropout) and the state after the window."""
+        x = self.input_dropout(self.embedding(ids))
+        outputs, state = run_recurrent(self.rnn, x, state)
+        return self.output_dropout(outputs), state
+
+    def forward(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        outputs, state = self.hidden(ids, state)
+        return self.decoder(outputs), state
+
+    def window_nll(self, ids: torch.Tensor, targets: torch.Tensor, state: State
+                   ) -> tuple[torch.Tensor, State]:
+        """Summed negative log-likelihood of `targets` [B, T] (a scalar) and the next state."""
+        logits, state = self(ids, state)
+        nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
+                              reduction="sum")
+        return nll, state
+
+
+def build_language_model(config: LMConfig, vocab_size: int) -> LanguageModel:
+    model = LanguageModel(LMShape.of(config, vocab_size), keep_prob=config.keep_prob)
+    model.init_weights(config.init_scale, config.forget_bias)
+    return model

@@ -1,0 +1,61 @@
+"""Stacked recurrent layers (LSTM, GRU, vanilla RNN) with one state convention.
+
+State is always a tuple of tensors shaped [num_layers, B, H]: (h, c) for LSTM, (h,) for GRU and
+RNN, so training and sampling code carry and detach it without knowing the cell.
+On CUDA these are PyTorch's own cuDNN-backed modules.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+State = tuple[torch.Tensor, ...]
+
+_MODULES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+
+
+def make_recurrent(cell: str, input_size: int, hidden_size: int, num_layers: int,
+                   dropout: float) -> nn.RNNBase:
+    """Batch-first stack; `dropout` acts only between layers (never on the recurrent state)."""
+    return _MODULES[cell](input_size, hidden_size, num_layers=num_layers, batch_first=True,
+                          dropout=dropout if num_layers > 1 else 0.0)
+
+
+def zero_state(rnn: nn.RNNBase, batch_size: int, device: torch.device | None = None,
+               dtype: torch.dtype = torch.float32) -> State:
+    shape = (rnn.num_layers, batch_size, rnn.hidden_size)
+    count = 2 if isinstance(rnn, nn.LSTM) else 1
+    return tuple(torch.zeros(shape, device=device, dtype=dtype) for _ in range(count))
+
+
+def detach_state(state: State) -> State:
+    """Cut the graph at the window boundary (truncated BPTT) but keep the values."""
+    return tuple(s.detach() for s in state)
+
+
+def run_recurrent(rnn: nn.RNNBase, inputs: torch.Tensor, state: State
+                  ) -> tuple[torch.Tensor, State]:
+    if isinstance(rnn, nn.LSTM):
+        outputs, (h, c) = rnn(inputs, (state[0], state[1]))
+        return outputs, (h, c)
+    outputs, h = rnn(inputs, state[0])
+    return outputs, (h,)
+
+
+def init_recurrent_(rnn: nn.RNNBase, init_scale: float, forget_bias: float) -> None:
+    """Uniform init in [-init_scale, init_scale].
+
+    PyTorch keeps two bias vectors (b_ih + b_hh) where the LSTM equations have one; for the LSTM
+    b_hh is zeroed so the effective bias is U(-s, s) as in the tutorial, and `forget_bias` is
+    added to the forget-gate slice (PyTorch's gate order is i, f, g, o).
+    """
+    for name, param in rnn.named_parameters():
+        nn.init.uniform_(param, -init_scale, init_scale)
+        if isinstance(rnn, nn.LSTM) and name.startswith("bias_hh"):
+            nn.init.zeros_(param)
+    if isinstance(rnn, nn.LSTM) and forget_bias:
+        hidden = rnn.hidden_size
+        with torch.no_grad():
+            for layer in range(rnn.num_layers):
+                getattr(rnn, f"bias_ih_l{layer}")[hidden:2 * hidden] += forget_bias

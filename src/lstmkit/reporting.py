@@ -1,0 +1,76 @@
+"""What a run tells people and programs: console lines, a progress bar, a JSON-lines metrics
+log and a learning-curve plot."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Iterable, TextIO
+
+from tqdm import tqdm
+
+
+class MetricsLog:
+    """Append-only JSON-lines log; `truncate_to` rewinds it to where a checkpoint was taken."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.path is None:
+            return
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def size(self) -> int:
+        return self.path.stat().st_size if self.path and self.path.exists() else 0
+
+    def truncate_to(self, size: int) -> None:
+        if self.path is not None and self.path.exists():
+            with open(self.path, "r+b") as handle:
+                handle.truncate(size)
+
+
+class Console:
+    """Lines for people on stdout; a progress bar on stderr only when it is a terminal."""
+
+    def __init__(self, stream: TextIO | None = None, enabled: bool = True) -> None:
+        self.stream = stream or sys.stdout
+        self.enabled = enabled
+
+    def say(self, line: str) -> None:
+        if self.enabled:
+            tqdm.write(line, file=self.stream)
+            self.stream.flush()
+
+    def progress(self, total: int, initial: int, description: str) -> tqdm:
+        show = self.enabled and sys.stderr.isatty() and not os.environ.get("CI")
+        return tqdm(total=total, initial=initial, desc=description, file=sys.stderr,
+                    disable=not show, leave=False, unit="win", dynamic_ncols=True)
+
+
+def plot_learning_curve(history: Iterable[dict[str, Any]], path: Path, title: str) -> None:
+    """Train and valid perplexity per epoch (log scale) to a PNG, written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    history = list(history)
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    ax.plot(epochs, [h["train_perplexity"] for h in history], marker="o", label="train")
+    ax.plot(epochs, [h["valid_perplexity"] for h in history], marker="o", label="valid")
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("perplexity")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)

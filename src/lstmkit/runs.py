@@ -1,0 +1,171 @@
+"""A run directory and the language-model checkpoints inside it.
+
+    RUN/model.safetensors   latest state of the run: weights + everything to resume exactly
+    RUN/best.safetensors    the weights with the best validation perplexity so far
+    RUN/metrics.jsonl       one JSON object per line (progress, epochs, test)
+    RUN/curve.png           learning curve, drawn at the end
+
+Sampling, scoring and evaluation need only a checkpoint file: config and vocabulary are in it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lstmkit.checkpoint import load_checkpoint, save_checkpoint
+from lstmkit.config import LMConfig
+from lstmkit.errors import UserError
+from lstmkit.models.lm import LanguageModel, LMShape
+from lstmkit.vocab import Vocab
+
+MODEL_FILE = "model.safetensors"
+BEST_FILE = "best.safetensors"
+METRICS_FILE = "metrics.jsonl"
+CURVE_FILE = "curve.png"
+KIND_LM = "language_model"
+
+
+@dataclass
+class Progress:
+    """Where a training run is: with the RNG and carried state, enough to continue exactly."""
+    epoch: int = 1  # epoch in progress (1-based)
+    step: int = 0  # windows already done in this epoch
+    costs: float = 0.0  # summed window costs of this epoch so far
+    iters: int = 0  # time steps of this epoch so far
+    best_valid: float | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    metrics_bytes: int = 0  # length of metrics.jsonl when this state was saved
+
+
+@dataclass
+class LoadedLM:
+    model: LanguageModel
+    config: LMConfig
+    vocab: Vocab
+    level: str
+    meta: dict[str, Any]
+    tensors: dict[str, torch.Tensor]
+    path: Path
+
+    @property
+    def progress(self) -> Progress:
+        return Progress(**self.meta["progress"])
+
+
+def prepare_run_dir(path: str | Path) -> Path:
+    """Create the run directory and prove it is writable before any training time is spent."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path}: save path exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{uuid.uuid4().hex}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"{path}: save path is not writable ({err.strerror})") from None
+    return path
+
+
+def checkpoint_file(model_path: str | Path) -> Path:
+    """`--model` may name a run directory (its latest checkpoint) or a checkpoint file."""
+    path = Path(model_path)
+    if path.is_dir():
+        return path / MODEL_FILE
+    return path
+
+
+def save_lm_checkpoint(path: Path, model: LanguageModel, config: LMConfig, vocab: Vocab,
+                       level: str = "word", optimizer: torch.optim.Optimizer | None = None,
+                       progress: Progress | None = None,
+                       carried: tuple[torch.Tensor, ...] | None = None) -> None:
+    tensors = {f"model.{k}": v for k, v in _unwrap(model).state_dict().items()}
+    meta: dict[str, Any] = {
+        "kind": KIND_LM,
+        "level": level,
+        "shape": dataclasses.asdict(_unwrap(model).shape),
+        "config": config.to_dict(),
+        "vocab": vocab.to_dict(),
+        "torch_version": torch.__version__,
+    }
+    if progress is not None:
+        meta["progress"] = dataclasses.asdict(progress)
+        tensors["rng.torch"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            for i, s in enumerate(torch.cuda.get_rng_state_all()):
+                tensors[f"rng.cuda.{i}"] = s
+    if optimizer is not None:
+        optim_state = optimizer.state_dict()
+        meta["optimizer"] = {"param_groups": optim_state["param_groups"], "state": {}}
+        for pid, entry in optim_state["state"].items():
+            plain = {}
+            for key, value in entry.items():
+                if torch.is_tensor(value):
+                    tensors[f"optim.{pid}.{key}"] = value
+                else:
+                    plain[key] = value
+            meta["optimizer"]["state"][str(pid)] = plain
+    if carried is not None:
+        for i, s in enumerate(carried):
+            tensors[f"carried.{i}"] = s
+    save_checkpoint(path, tensors, meta)
+
+
+def load_lm(path: str | Path, device: torch.device | str = "cpu") -> LoadedLM:
+    path = checkpoint_file(path)
+    tensors, meta = load_checkpoint(path)
+    if meta.get("kind") != KIND_LM:
+        raise UserError(f"{path}: holds a {meta.get('kind')!r}, not a language model")
+    try:
+        config = LMConfig(**meta["config"])
+        vocab = Vocab.from_dict(meta["vocab"])
+        shape = LMShape(**meta["shape"])
+    except (KeyError, TypeError) as err:
+        raise UserError(f"{path}: checkpoint metadata is incomplete ({err})") from None
+    model = LanguageModel(shape, keep_prob=config.keep_prob)
+    weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise UserError(f"{path}: weights do not fit the model they describe ({first})") from None
+    model.to(device)
+    return LoadedLM(model, config, vocab, meta.get("level", "word"), meta, tensors, path)
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, loaded: LoadedLM) -> None:
+    saved = loaded.meta.get("optimizer")
+    if saved is None:
+        raise UserError(f"{loaded.path}: has no optimizer state, cannot resume from it")
+    state: dict[int, dict[str, Any]] = {int(pid): dict(v) for pid, v in saved["state"].items()}
+    for name, tensor in loaded.tensors.items():
+        if name.startswith("optim."):
+            _, pid, key = name.split(".", 2)
+            state.setdefault(int(pid), {})[key] = tensor
+    optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+
+
+def restore_rng(loaded: LoadedLM) -> None:
+    torch.set_rng_state(loaded.tensors["rng.torch"])
+    if torch.cuda.is_available():
+        states = [loaded.tensors[k] for k in sorted(loaded.tensors) if k.startswith("rng.cuda.")]
+        if len(states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states)
+
+
+def carried_state(loaded: LoadedLM, device: torch.device) -> tuple[torch.Tensor, ...] | None:
+    parts = sorted((k for k in loaded.tensors if k.startswith("carried.")),
+                   key=lambda k: int(k.split(".")[1]))
+    if not parts:
+        return None
+    return tuple(loaded.tensors[k].to(device) for k in parts)
+
+
+def _unwrap(model: torch.nn.Module) -> LanguageModel:
+    return getattr(model, "module", model)  # DistributedDataParallel wraps the model

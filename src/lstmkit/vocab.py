@@ -1,0 +1,85 @@
+"""Token vocabulary: ids are positions in a count-ordered token list, saved inside checkpoints."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from lstmkit.errors import UserError
+
+EOS = "<eos>"
+UNK = "<unk>"
+
+
+@dataclass(frozen=True)
+class Vocab:
+    tokens: tuple[str, ...]
+    unk: str | None = None  # token that stands in for unknown ones, if the vocabulary has one
+    index: dict[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        index = {token: i for i, token in enumerate(self.tokens)}
+        if len(index) != len(self.tokens):
+            raise UserError("vocabulary has duplicate tokens")
+        if self.unk is not None and self.unk not in index:
+            raise UserError(f"vocabulary's unknown-token {self.unk!r} is not in it")
+        object.__setattr__(self, "index", index)
+
+    @classmethod
+    def from_counts(cls, counts: Counter, max_size: int | None = None,
+                    unk: str | None = UNK) -> Vocab:
+        """Order by count (descending), ties by the token (ascending), as the PTB reader does.
+
+        With `max_size`, the rarest tokens are cut and `unk` is added (if absent) to stand in.
+        """
+        ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+        tokens = [token for token, _ in ordered]
+        if max_size is not None and len(tokens) > max_size:
+            keep = [t for t in tokens if t != unk][: max_size - 1] if unk else tokens[:max_size]
+            tokens = keep + ([unk] if unk and unk not in keep else [])
+        has_unk = unk is not None and unk in tokens
+        return cls(tuple(tokens), unk if has_unk else None)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __contains__(self, token: str) -> bool:
+        return token in self.index
+
+    def id_of(self, token: str, where: str = "input") -> int:
+        found = self.index.get(token)
+        if found is not None:
+            return found
+        if self.unk is not None:
+            return self.index[self.unk]
+        raise UserError(f"{where}: unknown token {token!r} and the vocabulary has no {UNK}")
+
+    def encode(self, tokens: Iterable[str], where: str = "input") -> np.ndarray:
+        return np.fromiter((self.id_of(t, where) for t in tokens), dtype=np.int64)
+
+    def decode(self, ids: Iterable[int]) -> list[str]:
+        return [self.tokens[int(i)] for i in ids]
+
+    def to_dict(self) -> dict:
+        return {"tokens": list(self.tokens), "unk": self.unk}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Vocab:
+        return cls(tuple(data["tokens"]), data.get("unk"))
+
+
+def encode_lines(vocab: Vocab, lines: Sequence[Sequence[str]], path: str) -> np.ndarray:
+    """Encode tokenised lines to one id stream; an unknown token is reported as path:line."""
+    ids: list[int] = []
+    index, unk_id = vocab.index, vocab.index.get(vocab.unk) if vocab.unk else None
+    for number, line in enumerate(lines, start=1):
+        for token in line:
+            found = index.get(token, unk_id)
+            if found is None:
+                raise UserError(
+                    f"{path}:{number}: unknown word {token!r} and the vocabulary has no {UNK}")
+            ids.append(found)
+    return np.asarray(ids, dtype=np.int64)
