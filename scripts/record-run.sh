@@ -11,7 +11,8 @@ mkdir -p "$out"
 printf '%q ' "$@" > "$out/command.txt"; echo >> "$out/command.txt"
 {
     echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-    echo "cpu: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores"
+    echo "cpu: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc --all) cores"
+    echo "OMP_NUM_THREADS: ${OMP_NUM_THREADS:-unset}"
     echo "memory: $(free -g | awk '/Mem:/ {print $2}') GiB"
     python3 -c 'import platform, torch; print(f"python: {platform.python_version()}"); print(f"torch: {torch.__version__}, threads: {torch.get_num_threads()}")'
     echo "lstmkit commit: $(git -C "$out" rev-parse --short HEAD 2>/dev/null || echo none)"

@@ -4,4 +4,14 @@ from lstmkit.config import PRESETS, LMConfig, preset
 from lstmkit.errors import UserError
 
 __version__ = "0.1.0"
-__all__ = ["LMConfig", "PRESETS", "UserError", "preset", "__version__"]
+__all__ = ["PRESETS", "LMConfig", "LanguageModelRun", "UserError", "__version__", "load",
+           "preset"]
+
+
+def __getattr__(name: str):
+    # `lstmkit.load(path)` without importing torch on a bare `import lstmkit`.
+    if name in ("load", "LanguageModelRun"):
+        from lstmkit import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'lstmkit' has no attribute {name!r}")

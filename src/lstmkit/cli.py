@@ -7,13 +7,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from lstmkit import api
+from lstmkit.classify.cli import add_classify_command
 from lstmkit.config import PRESETS, LMConfig, apply_overrides, field_names, load_config_file
 from lstmkit.config import preset as preset_config
 from lstmkit.data.download import download_ptb
+from lstmkit.data.plaintext import LEVELS
+from lstmkit.data.ptb import SPLITS, resolve_ptb_dir, split_file
 from lstmkit.errors import UserError
 from lstmkit.runs import MODEL_FILE, load_lm
 
@@ -44,19 +49,35 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_train(commands)
     _add_evaluate(commands)
+    _add_sample(commands)
+    _add_score(commands)
     _add_download(commands)
+    add_classify_command(commands)
     return parser
 
 
 def _add_train(commands) -> None:
-    p = commands.add_parser("train", help="train a language model",
-                            description="Train a word-level LSTM language model (PTB).")
+    p = commands.add_parser(
+        "train", help="train a language model",
+        description="Train a word- or char-level language model on PTB or any UTF-8 text.")
     p.add_argument("--preset", default="small", help=f"one of {', '.join(PRESETS)}")
     p.add_argument("--config", help="TOML or JSON file of config fields (overrides the preset)")
-    p.add_argument("--data-dir", help="directory with ptb.{train,valid,test}.txt "
-                                      "(default: $LSTMKIT_DATA)")
-    p.add_argument("--download", action="store_true",
-                   help="download PTB into the cache first if --data-dir is not given")
+    p.add_argument("--level", choices=LEVELS,
+                   help="tokens are words (<eos> per line) or characters (default: word; "
+                        "with --resume: the run's)")
+    data = p.add_argument_group("data (one of: PTB directory, one text file, three text files)")
+    data.add_argument("--data-dir", help="directory with ptb.{train,valid,test}.txt "
+                                         "(default: $LSTMKIT_DATA)")
+    data.add_argument("--download", action="store_true",
+                      help="download PTB into the cache first if --data-dir is not given")
+    data.add_argument("--data-file", help="a UTF-8 text file, split contiguously into "
+                                          "90%% train, 5%% valid, 5%% test")
+    data.add_argument("--train-file", help="UTF-8 training text (with --valid-file, --test-file)")
+    data.add_argument("--valid-file", help="UTF-8 validation text")
+    data.add_argument("--test-file", help="UTF-8 test text")
+    data.add_argument("--vocab-size", type=int, metavar="N",
+                      help="cap the vocabulary at N tokens: the most frequent of the training "
+                           "text, and <unk> standing in for the rest (default: no cap)")
     p.add_argument("--save-path", help="run directory for checkpoints, metrics and the curve")
     p.add_argument("--resume", action="store_true",
                    help=f"continue the run in --save-path from its {MODEL_FILE}")
@@ -69,10 +90,20 @@ def _add_train(commands) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     config = _train_config(args)
-    data_dir = args.data_dir
-    if data_dir is None and args.download:
-        data_dir = download_ptb()
-    api.train_ptb(config, data_dir, args.save_path, resume=args.resume)
+    files = {"data_file": args.data_file, "train_file": args.train_file,
+             "valid_file": args.valid_file, "test_file": args.test_file}
+    if any(f is not None for f in files.values()):
+        if args.data_dir is not None or args.download:
+            raise UserError("give PTB (--data-dir/--download) or text files (--data-file, or "
+                            "--train-file/--valid-file/--test-file), not both")
+    else:  # PTB's three files are plain text at the word level, or at the char level
+        data_dir = args.data_dir
+        if data_dir is None and args.download:
+            data_dir = download_ptb()
+        ptb = resolve_ptb_dir(data_dir)
+        files = {f"{split}_file": split_file(ptb, split) for split in SPLITS}
+    api.train_text(config, args.level, **files, vocab_size=args.vocab_size,
+                   save_path=args.save_path, resume=args.resume)
     return 0
 
 
@@ -118,6 +149,81 @@ def _evaluate(args: argparse.Namespace) -> int:
     else:
         print(f"{args.split} perplexity: {result.value:.3f} ({result.shape}, "
               f"{result.tokens} targets)")
+    return 0
+
+
+def _add_sample(commands) -> None:
+    p = commands.add_parser(
+        "sample", help="generate text from a saved model",
+        description="Generate text from a saved word- or char-level model, printing each token "
+                    "as it is drawn (the prime first).")
+    p.add_argument("--model", required=True, help="run directory or checkpoint file")
+    p.add_argument("--prime", default="", help="text to start from (default: a new line)")
+    p.add_argument("--length", type=int, metavar="N",
+                   help="tokens to generate (default: 500 characters or 100 words)")
+    p.add_argument("--temperature", type=float, default=1.0, metavar="T",
+                   help="below 1: safer, above 1: wilder; 0: always the most likely (default 1)")
+    p.add_argument("--top-k", type=int, metavar="K", help="draw only from the K most likely")
+    p.add_argument("--seed", type=int, help="same seed, same text (default: random)")
+    p.set_defaults(handler=_sample)
+
+
+def _sample(args: argparse.Namespace) -> int:
+    run = api.load(args.model)
+    ended_line = True
+    try:
+        for piece in run.generate(args.prime, args.length, args.temperature, args.top_k,
+                                  args.seed):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+            ended_line = piece.endswith("\n") if piece else ended_line
+        if not ended_line:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+    except BrokenPipeError:  # `lstmkit sample ... | head`: the reader has all it wants
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+def _add_score(commands) -> None:
+    p = commands.add_parser(
+        "score", help="log-probability and perplexity of a text under a saved model",
+        description="Log-probability (nats and bits) and perplexity of a text file under a "
+                    "saved model, as one stream (state carried; the first token is context "
+                    "only), so the perplexity equals `evaluate --stream` on the same file.")
+    p.add_argument("--model", required=True, help="run directory or checkpoint file")
+    p.add_argument("file", metavar="FILE", help="UTF-8 text file to score ('-': stdin)")
+    p.add_argument("--per-line", action="store_true",
+                   help="also each line's share (given the lines before it)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"))
+    p.set_defaults(handler=_score)
+
+
+def _score(args: argparse.Namespace) -> int:
+    run = api.load(args.model, args.device)
+    if args.file == "-":
+        try:
+            text = sys.stdin.buffer.read().decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise UserError(f"<stdin>: not valid UTF-8 (offset {err.start})") from None
+        score = run.score(text, args.per_line, args.precision, where="<stdin>")
+    else:
+        score = run.score_file(args.file, args.per_line, args.precision)
+    unit = "char" if run.level == "char" else "word"
+    if args.json:
+        print(json.dumps({"file": args.file, "level": run.level, **score.to_dict()}))
+        return 0
+    if score.lines is not None:
+        print("line\ttokens\tlogprob_nats\tlogprob_bits\tperplexity")
+        for number, line in enumerate(score.lines, start=1):
+            ppl = f"{line.perplexity:.3f}" if line.perplexity is not None else "-"
+            print(f"{number}\t{line.tokens}\t{line.logprob_nats:.4f}\t{line.logprob_bits:.4f}"
+                  f"\t{ppl}")
+    print(f"{args.file}: {score.tokens} {unit}s scored (the first token is context only), "
+          f"log-probability {score.logprob_nats:.4f} nats = {score.logprob_bits:.4f} bits, "
+          f"perplexity {score.perplexity:.3f} ({score.bits_per_token:.4f} bits/{unit})")
     return 0
 
 

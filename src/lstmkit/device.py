@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager
+from contextlib import AbstractContextManager
 
 import torch
 
@@ -24,7 +24,7 @@ def check_precision(precision: str, device: torch.device) -> None:
         raise UserError("precision fp16 needs a CUDA GPU; on the CPU use bf16 or fp32")
 
 
-def autocast(precision: str, device: torch.device) -> ContextManager:
+def autocast(precision: str, device: torch.device) -> AbstractContextManager:
     """Mixed precision for the forward pass: matrix products in bf16/fp16, losses in fp32."""
     if precision == "fp32":
         return contextlib.nullcontext()

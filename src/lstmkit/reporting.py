@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable, TextIO
+from typing import Any, TextIO
 
 from tqdm import tqdm
 
@@ -45,14 +46,22 @@ class Console:
             tqdm.write(line, file=self.stream)
             self.stream.flush()
 
-    def progress(self, total: int, initial: int, description: str) -> tqdm:
+    def progress(self, total: int, initial: int, description: str, unit: str = "win") -> tqdm:
         show = self.enabled and sys.stderr.isatty() and not os.environ.get("CI")
         return tqdm(total=total, initial=initial, desc=description, file=sys.stderr,
-                    disable=not show, leave=False, unit="win", dynamic_ncols=True)
+                    disable=not show, leave=False, unit=unit, dynamic_ncols=True)
 
 
 def plot_learning_curve(history: Iterable[dict[str, Any]], path: Path, title: str) -> None:
     """Train and valid perplexity per epoch (log scale) to a PNG, written atomically."""
+    plot_epoch_curves(history, path, title, {"train": "train_perplexity",
+                                             "valid": "valid_perplexity"},
+                      "perplexity", log_scale=True)
+
+
+def plot_epoch_curves(history: Iterable[dict[str, Any]], path: Path, title: str,
+                      series: dict[str, str], ylabel: str, log_scale: bool = False) -> None:
+    """One line per `series` entry (label -> key of the epoch records) to a PNG, atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -61,11 +70,12 @@ def plot_learning_curve(history: Iterable[dict[str, Any]], path: Path, title: st
     history = list(history)
     epochs = [h["epoch"] for h in history]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    ax.plot(epochs, [h["train_perplexity"] for h in history], marker="o", label="train")
-    ax.plot(epochs, [h["valid_perplexity"] for h in history], marker="o", label="valid")
-    ax.set_yscale("log")
+    for label, key in series.items():
+        ax.plot(epochs, [h[key] for h in history], marker="o", label=label)
+    if log_scale:
+        ax.set_yscale("log")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("perplexity")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()

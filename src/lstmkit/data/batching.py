@@ -1,4 +1,4 @@
-"""Cutting a token stream into batch rows and BPTT windows (the tutorial's "producer").
+r"""Cutting a token stream into batch rows and BPTT windows (the tutorial's "producer").
 
 With batch_size B = 3 and num_steps T = 4, the stream 0 1 2 ... 29 becomes B rows of
 batch_len = 30 // 3 = 10 tokens (the tail that does not fill a row is dropped):
@@ -16,7 +16,7 @@ Evaluation may also take the short tail window (here inputs 8, targets 9) so no 
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 

@@ -29,25 +29,15 @@ class Corpus:
     test: np.ndarray
 
 
-def build_vocab(train_path: Path) -> Vocab:
-    lines = read_word_lines(train_path, eos=EOS)
-    return Vocab.from_counts(Counter(token for line in lines for token in line))
-
-
 def read_split(path: Path, vocab: Vocab) -> np.ndarray:
     return encode_lines(vocab, read_word_lines(path, eos=EOS), str(path))
 
 
-def load_ptb(data_dir: Path, vocab: Vocab | None = None) -> Corpus:
-    """Read train/valid/test; with `vocab` given (from a checkpoint) it must match train's."""
+def load_ptb(data_dir: Path) -> Corpus:
+    """Read train/valid/test with the vocabulary built from train."""
     data_dir = Path(data_dir)
     train_lines = read_word_lines(split_file(data_dir, "train"), eos=EOS)
-    built = Vocab.from_counts(Counter(token for line in train_lines for token in line))
-    if vocab is not None and vocab.tokens != built.tokens:
-        raise UserError(
-            f"{split_file(data_dir, 'train')}: vocabulary ({len(built)} words) does not match "
-            f"the checkpoint's ({len(vocab)} words)")
-    vocab = vocab or built
+    vocab = Vocab.from_counts(Counter(token for line in train_lines for token in line))
     train = encode_lines(vocab, train_lines, str(split_file(data_dir, "train")))
     valid = read_split(split_file(data_dir, "valid"), vocab)
     test = read_split(split_file(data_dir, "test"), vocab)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from lstmkit.errors import UserError
@@ -10,14 +11,7 @@ from lstmkit.errors import UserError
 def read_text(path: str | Path) -> str:
     """The whole file as text; missing, unreadable, empty or non-UTF-8 files raise UserError."""
     path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: file not found")
-    if path.is_dir():
-        raise UserError(f"{path}: is a directory, expected a text file")
-    try:
-        raw = path.read_bytes()
-    except OSError as err:
-        raise UserError(f"{path}: cannot read ({err.strerror})") from None
+    raw = _read_bytes(path)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -28,6 +22,50 @@ def read_text(path: str | Path) -> str:
     if not text.strip():
         raise UserError(f"{path}: file is empty")
     return text
+
+
+def _read_bytes(path: Path) -> bytes:
+    if not path.exists():
+        raise UserError(f"{path}: file not found")
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, expected a text file")
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror})") from None
+
+
+@dataclass(frozen=True)
+class DecodedText:
+    """A file's text and how it was decoded; `fallback_line` is the first non-UTF-8 line."""
+    text: str
+    encoding: str  # "utf-8" or "latin-1"
+    fallback_line: int | None = None
+
+    def fallback_note(self, path: str | Path) -> str | None:
+        """One line telling the user the file was not UTF-8 (None when it was)."""
+        if self.fallback_line is None:
+            return None
+        return (f"{path}:{self.fallback_line}: not valid UTF-8, read the whole file as "
+                f"Latin-1")
+
+
+def read_text_or_latin1(path: str | Path) -> DecodedText:
+    """Like `read_text`, but a file that is not UTF-8 is decoded as Latin-1 instead of refused.
+
+    Latin-1 maps every byte to a character, so it never fails; older corpora (the original
+    Movie Review release among them) are in Latin-1 or Windows-1252. The caller reports it.
+    """
+    path = Path(path)
+    raw = _read_bytes(path)
+    try:
+        decoded = DecodedText(raw.decode("utf-8"), "utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        decoded = DecodedText(raw.decode("latin-1"), "latin-1", line)
+    if not decoded.text.strip():
+        raise UserError(f"{path}: file is empty")
+    return decoded
 
 
 def read_word_lines(path: str | Path, eos: str | None) -> list[list[str]]:

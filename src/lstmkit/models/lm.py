@@ -15,8 +15,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from lstmkit.config import LMConfig
-from lstmkit.models.recurrent import (State, init_recurrent_, make_recurrent, run_recurrent,
-                                      zero_state)
+from lstmkit.models.recurrent import (
+    State,
+    init_recurrent_,
+    make_recurrent,
+    run_recurrent,
+    zero_state,
+)
 
 
 @dataclass(frozen=True)

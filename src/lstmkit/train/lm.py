@@ -1,4 +1,4 @@
-"""Training the word- or char-level language model: SGD, decay schedule, clipping, TBPTT.
+"""Training the word- or char-level language model: SGD/Adam, decay schedule, clipping, TBPTT.
 
 One epoch walks the batch rows window by window (see data/batching.py). The cost of a window
 is the summed next-token cross-entropy over its time steps, averaged over the batch (the
@@ -23,9 +23,19 @@ from lstmkit.evaluate import perplexity, stream_perplexity
 from lstmkit.models.lm import LanguageModel, build_language_model
 from lstmkit.models.recurrent import detach_state
 from lstmkit.reporting import Console, MetricsLog, plot_learning_curve
-from lstmkit.runs import (BEST_FILE, CURVE_FILE, METRICS_FILE, MODEL_FILE, Progress,
-                          carried_state, load_lm, prepare_run_dir, restore_optimizer,
-                          restore_rng, save_lm_checkpoint)
+from lstmkit.runs import (
+    BEST_FILE,
+    CURVE_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    Progress,
+    carried_state,
+    load_lm,
+    prepare_run_dir,
+    restore_optimizer,
+    restore_rng,
+    save_lm_checkpoint,
+)
 from lstmkit.vocab import Vocab
 
 REPORTS_PER_EPOCH = 10
@@ -64,7 +74,7 @@ def train_language_model(config: LMConfig, data: TokenSplits, save_path: str | P
     else:
         torch.manual_seed(config.seed)
         model = build_language_model(config, len(data.vocab)).to(device)
-        optimizer = torch.optim.SGD(model.parameters(), lr=config.learning_rate)
+        optimizer = make_optimizer(config, model)
         progress, carried = Progress(), None
         if run_dir is not None:
             for stale in (MODEL_FILE, BEST_FILE, METRICS_FILE, CURVE_FILE):
@@ -92,10 +102,13 @@ def train_language_model(config: LMConfig, data: TokenSplits, save_path: str | P
         train_ppl = math.exp(progress.costs / progress.iters)
         valid = perplexity(model, data.valid, config.eval_batch_size, config.eval_num_steps,
                            config.precision)
+        valid_loss = valid.nll / valid.tokens  # nats per token (per character at char level)
         console.say(f"Epoch: {epoch} Train Perplexity: {train_ppl:.3f}")
-        console.say(f"Epoch: {epoch} Valid Perplexity: {valid.value:.3f}")
+        console.say(f"Epoch: {epoch} Valid Perplexity: {valid.value:.3f} "
+                    f"(loss {valid_loss:.4f} nats/{data.level})")
         record = {"event": "epoch", "epoch": epoch, "learning_rate": lr,
-                  "train_perplexity": train_ppl, "valid_perplexity": valid.value}
+                  "train_perplexity": train_ppl, "valid_perplexity": valid.value,
+                  "train_loss": math.log(train_ppl), "valid_loss": valid_loss}
         metrics.write(record)
         progress.history.append(record)
         improved = progress.best_valid is None or valid.value < progress.best_valid
@@ -109,6 +122,7 @@ def train_language_model(config: LMConfig, data: TokenSplits, save_path: str | P
     console.say(f"Test Perplexity: {test.value:.3f} ({test.shape}, {test.tokens} targets)")
     console.say(f"Test Perplexity: {fast.value:.3f} ({fast.shape}, {fast.tokens} targets)")
     metrics.write({"event": "test", "test_perplexity": test.value, "shape": test.shape,
+                   "test_loss": test.nll / test.tokens,
                    "test_perplexity_fast": fast.value, "fast_shape": fast.shape})
     if run_dir is not None and progress.history:
         plot_learning_curve(progress.history, run_dir / CURVE_FILE,
@@ -160,6 +174,13 @@ def _train_epoch(model: LanguageModel, optimizer: torch.optim.Optimizer, rows: t
     bar.close()
 
 
+def make_optimizer(config: LMConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The tutorial's plain SGD, or Adam; the epoch schedule sets the rate of either."""
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    return torch.optim.SGD(model.parameters(), lr=config.learning_rate)
+
+
 def _crosses_report_point(step: int, windows: int) -> bool:
     """True at the steps that finish a tenth of the epoch (ten reports per epoch)."""
     return step * REPORTS_PER_EPOCH // windows > (step - 1) * REPORTS_PER_EPOCH // windows
@@ -197,8 +218,11 @@ def _resume(config: LMConfig, data: TokenSplits, run_dir: Path | None, device: t
     if loaded.vocab.tokens != data.vocab.tokens:
         raise UserError(f"{path}: the checkpoint's vocabulary ({len(loaded.vocab)} tokens) "
                         f"does not match the data's ({len(data.vocab)} tokens)")
+    if loaded.config.optimizer != config.optimizer:
+        raise UserError(f"{path}: the run trains with {loaded.config.optimizer}; it cannot "
+                        f"resume with optimizer {config.optimizer}")
     model = loaded.model
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.learning_rate)
+    optimizer = make_optimizer(config, model)
     restore_optimizer(optimizer, loaded)
     progress = loaded.progress
     restore_rng(loaded)

@@ -1,0 +1,182 @@
+"""Training the sentence classifier: shuffled mini-batches, best-valid checkpoint, test at the end.
+
+Per epoch: train loss and train accuracy (running, with dropout on, as the tutorial reports
+them) and valid accuracy. The weights of the epoch with the best valid accuracy are kept
+(`RUN/best.safetensors`) and are the ones tested: the test split is read exactly once.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lstmkit.classify.config import ClassifierConfig
+from lstmkit.classify.data import (
+    PAD,
+    EncodedSplit,
+    Splits,
+    build_vocab,
+    encode_split,
+    pad_batch,
+    tokenize,
+)
+from lstmkit.classify.evaluate import batch_loss, score
+from lstmkit.classify.model import SentimentClassifier, build_classifier
+from lstmkit.classify.runs import BEST_FILE, CURVE_FILE, METRICS_FILE, save_classifier
+from lstmkit.classify.vectors import load_word_vectors
+from lstmkit.device import resolve_device
+from lstmkit.errors import UserError
+from lstmkit.reporting import Console, MetricsLog, plot_epoch_curves
+from lstmkit.runs import prepare_run_dir
+from lstmkit.vocab import Vocab
+
+
+@dataclass(frozen=True)
+class ClassifierResult:
+    history: list[dict[str, Any]]
+    best_epoch: int
+    valid_accuracy: float  # of the kept (best-valid) weights
+    test_accuracy: float  # of the kept weights
+    model: SentimentClassifier
+    vocab: Vocab
+    run_dir: Path | None
+
+
+def train_classifier(config: ClassifierConfig, splits: Splits, save_path: str | Path | None,
+                     vectors_path: str | Path | None = None, split_meta: dict | None = None,
+                     console: Console | None = None) -> ClassifierResult:
+    """Train on `splits.train`, keep the best epoch on `splits.valid`, score it on `splits.test`.
+
+    `split_meta` (saved in the checkpoint) lets `evaluate` re-make a seeded split.
+    """
+    console = console or Console()
+    device = resolve_device(config.device)
+    for note in dict.fromkeys(splits.train.notes + splits.valid.notes + splits.test.notes):
+        console.say(f"note: {note}")
+    vocab = build_vocab([tokenize(t, config.lowercase) for t in splits.train.texts],
+                        config.min_count, config.max_vocab)
+    train, valid, test = (encode_split(vocab, part, config.lowercase, config.max_length)
+                          for part in (splits.train, splits.valid, splits.test))
+    torch.manual_seed(config.seed)
+    model = build_classifier(config, len(vocab))
+    if vectors_path is not None:
+        _load_vectors(model, vectors_path, vocab, console)
+    model.to(device)
+    optimizer = _optimizer(config, model)
+    # Every input is checked by now, so a mistake in one leaves no run directory behind.
+    run_dir = prepare_run_dir(save_path) if save_path is not None else None
+    metrics = MetricsLog(run_dir / METRICS_FILE if run_dir else None)
+    if run_dir is not None:
+        for stale in (BEST_FILE, METRICS_FILE, CURVE_FILE):
+            (run_dir / stale).unlink(missing_ok=True)
+    parameters = sum(p.numel() for p in model.parameters())
+    console.say(f"seed {config.seed}: the same seed gives the same split and, with the same "
+                f"device and thread count, the same result | device {device.type} | "
+                f"{torch.get_num_threads()} threads")
+    console.say(f"data: {splits.how} | train {len(train)}, valid {len(valid)}, test "
+                f"{len(test)} texts | vocabulary {len(vocab):,} (min count {config.min_count})"
+                f" | {parameters:,} parameters")
+    metrics.write({"event": "setup", "seed": config.seed, "split": splits.how,
+                   "train": len(train), "valid": len(valid), "test": len(test),
+                   "vocab": len(vocab), "parameters": parameters, "config": config.to_dict(),
+                   "threads": torch.get_num_threads()})
+
+    order = torch.Generator().manual_seed(config.seed)
+    history: list[dict[str, Any]] = []
+    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+    for epoch in range(1, config.epochs + 1):
+        start = time.perf_counter()
+        train_loss, train_accuracy = _train_epoch(model, optimizer, train, config, order,
+                                                  console, f"epoch {epoch}/{config.epochs}")
+        valid_score = score(model, valid, config.loss)
+        seconds = time.perf_counter() - start
+        improved = best is None or valid_score.accuracy > best[0]
+        console.say(f"Epoch: {epoch}/{config.epochs} Train Loss: {train_loss:.3f} "
+                    f"Train Accuracy: {train_accuracy:.3f} Valid Accuracy: "
+                    f"{valid_score.accuracy:.3f} ({seconds:.0f} s){' *' if improved else ''}")
+        record = {"event": "epoch", "epoch": epoch, "train_loss": train_loss,
+                  "train_accuracy": train_accuracy, "valid_loss": valid_score.loss,
+                  "valid_accuracy": valid_score.accuracy, "seconds": seconds,
+                  "best": improved}
+        metrics.write(record)
+        history.append(record)
+        if improved:
+            best = (valid_score.accuracy, epoch, copy.deepcopy(model.state_dict()))
+            if run_dir is not None:
+                save_classifier(run_dir / BEST_FILE, model, config, vocab,
+                                {"epoch": epoch, "valid_accuracy": valid_score.accuracy,
+                                 "split": split_meta or {}})
+
+    valid_accuracy, best_epoch, weights = best
+    model.load_state_dict(weights)
+    test_score = score(model, test, config.loss)
+    console.say(f"Test Accuracy: {test_score.accuracy:.4f} ({test_score.count} texts; weights "
+                f"of epoch {best_epoch}, valid accuracy {valid_accuracy:.4f})")
+    metrics.write({"event": "test", "test_accuracy": test_score.accuracy,
+                   "test_loss": test_score.loss, "test_count": test_score.count,
+                   "best_epoch": best_epoch, "valid_accuracy": valid_accuracy})
+    if run_dir is not None:
+        sizes = "-".join(str(s) for s in config.layer_sizes)
+        plot_epoch_curves(history, run_dir / CURVE_FILE,
+                          f"{'bi' if config.bidirectional else ''}{config.cell.upper()} {sizes}, "
+                          f"{config.loss} + {config.optimizer}",
+                          {"train (dropout on)": "train_accuracy", "valid": "valid_accuracy"},
+                          "accuracy")
+    return ClassifierResult(history, best_epoch, valid_accuracy, test_score.accuracy, model,
+                            vocab, run_dir)
+
+
+def _train_epoch(model: SentimentClassifier, optimizer: torch.optim.Optimizer,
+                 train: EncodedSplit, config: ClassifierConfig, order: torch.Generator,
+                 console: Console, description: str) -> tuple[float, float]:
+    """One pass in a seeded random order; returns mean loss and accuracy over the texts."""
+    model.train()
+    device = next(model.parameters()).device
+    permutation = torch.randperm(len(train), generator=order).tolist()
+    batches = [permutation[i:i + config.batch_size]
+               for i in range(0, len(permutation), config.batch_size)]
+    total_loss, correct = 0.0, 0.0
+    bar = console.progress(len(batches), 0, description, unit="batch")
+    for chosen in batches:
+        ids, lengths = pad_batch([train.ids[i] for i in chosen])
+        labels = train.labels[chosen].to(device)
+        logits = model(ids.to(device), lengths)  # [B]
+        loss = batch_loss(logits, labels, config.loss)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        optimizer.step()
+        value = loss.item()
+        if not math.isfinite(value):
+            raise UserError(f"training diverged: loss is {value} ({description}); try a lower "
+                            f"learning_rate")
+        total_loss += value * len(chosen)
+        correct += ((logits.detach() >= 0).float() == labels).sum().item()
+        bar.update(1)
+    bar.close()
+    return total_loss / len(train), correct / len(train)
+
+
+def _optimizer(config: ClassifierConfig, model: SentimentClassifier) -> torch.optim.Optimizer:
+    if config.optimizer == "adadelta":
+        return torch.optim.Adadelta(model.parameters(), lr=config.learning_rate,
+                                    weight_decay=config.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=config.learning_rate,
+                            weight_decay=config.weight_decay)
+
+
+def _load_vectors(model: SentimentClassifier, path: str | Path, vocab: Vocab,
+                  console: Console) -> None:
+    with torch.no_grad():
+        loaded = load_word_vectors(path, vocab, init=model.embedding.weight, skip=(PAD,))
+        model.embedding.weight.copy_(loaded.weights)
+    console.say(f"pretrained vectors: {loaded.found:,} of {len(vocab):,} vocabulary words found "
+                f"in {path} ({loaded.dimension} dimensions); the rest start random")
+

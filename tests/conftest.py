@@ -1,0 +1,72 @@
+"""Shared fixtures: the real data (when present) and small corpora generated per test."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def shared_data(*parts: str) -> Path:
+    """Path into ../shared/data, or skip the test when that data set is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real data not present at {path}")
+    return path
+
+
+def write_ptb_layout(directory: Path, seed: int = 0, sentences: tuple[int, int, int] = (300, 40, 40)
+                     ) -> Path:
+    """A tiny PTB-style corpus from a toy grammar: learnable, with <unk> in the vocabulary."""
+    rng = random.Random(seed)
+    subjects = ["the cat", "a dog", "the bank", "my friend", "<unk>"]
+    verbs = ["sees", "buys", "likes", "sells", "finds"]
+    objects = ["the fish", "a stock", "the house", "some bread", "<unk> shares"]
+    directory.mkdir(parents=True, exist_ok=True)
+    for split, count in zip(("train", "valid", "test"), sentences, strict=True):
+        lines = [f" {rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(objects)} "
+                 for _ in range(count)]
+        (directory / f"ptb.{split}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return directory
+
+
+@pytest.fixture
+def ptb_dir(tmp_path: Path) -> Path:
+    return write_ptb_layout(tmp_path / "ptb")
+
+
+def write_plain_text(path: Path, lines: int = 400, seed: int = 0) -> Path:
+    """A small play-like UTF-8 text (speaker lines and verse) for char- and word-level models."""
+    rng = random.Random(seed)
+    speakers = ["ROMEO:", "JULIET:", "NURSE:"]
+    words = ["love", "night", "the", "sweet", "doth", "thou", "art", "my", "fair", "moon"]
+    out = []
+    for i in range(lines):
+        if i % 4 == 0:
+            out.append(rng.choice(speakers))
+        else:
+            out.append(" ".join(rng.choice(words) for _ in range(rng.randint(3, 7))) + ",")
+    path.write_text("\n".join(out) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def text_file(tmp_path: Path) -> Path:
+    return write_plain_text(tmp_path / "play.txt")
+
+
+@pytest.fixture(autouse=True)
+def _no_data_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests say where data is; a developer's LSTMKIT_DATA must not leak in."""
+    monkeypatch.delenv("LSTMKIT_DATA", raising=False)
+
+
+def tree_files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")} if root.exists() else set()
+
+
+os.environ.setdefault("CI", "1")  # no progress bars in test output

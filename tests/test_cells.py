@@ -1,0 +1,67 @@
+"""LSTM, GRU and vanilla RNN cells: each builds, trains and comes back from a checkpoint."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from lstmkit.cli import main
+from lstmkit.config import LMConfig
+from lstmkit.data.plaintext import load_text_corpus
+from lstmkit.models.lm import build_language_model
+from lstmkit.runs import load_lm
+from lstmkit.train.lm import make_optimizer
+
+CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+
+
+@pytest.mark.parametrize("cell", sorted(CELLS))
+@pytest.mark.parametrize("optimizer, lr", [("sgd", 0.2), ("adam", 0.01)])
+def test_each_cell_trains_a_few_steps_and_its_loss_goes_down(cell, optimizer, lr, text_file):
+    corpus = load_text_corpus("char", data_file=text_file)
+    config = LMConfig(cell=cell, hidden_size=32, num_layers=2, num_steps=20, batch_size=8,
+                      optimizer=optimizer, learning_rate=lr)
+    torch.manual_seed(0)
+    model = build_language_model(config, len(corpus.vocab))
+    assert isinstance(model.rnn, CELLS[cell])
+    rows = torch.from_numpy(corpus.train[: 8 * 21]).view(8, 21)
+    x, y = rows[:, :-1], rows[:, 1:]
+    optimizer_ = make_optimizer(config, model)
+
+    def loss() -> torch.Tensor:
+        nll, _ = model.window_nll(x, y, model.zero_state(8))
+        return nll / y.numel()
+
+    with torch.no_grad():
+        before = loss().item()
+    for _ in range(15):
+        optimizer_.zero_grad()
+        (loss() * config.num_steps).backward()  # the trainer's cost: summed over time steps
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        optimizer_.step()
+    with torch.no_grad():
+        after = loss().item()
+    assert after < before - 0.3, (cell, optimizer, before, after)
+
+
+def test_gru_and_rnn_have_three_and_one_quarters_of_the_lstm_recurrent_weights():
+    counts = {cell: sum(p.numel() for p in build_language_model(
+        LMConfig(cell=cell, hidden_size=20), vocab_size=10).rnn.parameters()) for cell in CELLS}
+    assert counts["gru"] * 4 == counts["lstm"] * 3
+    assert counts["rnn"] * 4 == counts["lstm"]
+
+
+@pytest.mark.parametrize("cell", ["gru", "rnn"])
+def test_cell_flag_trains_saves_and_reloads_that_cell(cell, text_file, tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "char", "--level", "char", "--cell", cell,
+                 "--hidden-size", "24", "--batch-size", "4", "--num-steps", "20",
+                 "--max-max-epoch", "2", "--data-file", str(text_file),
+                 "--save-path", str(run)]) == 0
+    loaded = load_lm(run)
+    assert loaded.config.cell == cell and isinstance(loaded.model.rnn, CELLS[cell])
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if r["event"] == "epoch"]
+    assert epochs[1]["train_loss"] < epochs[0]["train_loss"]
+    assert epochs[1]["valid_loss"] < epochs[0]["valid_loss"]

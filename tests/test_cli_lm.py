@@ -1,0 +1,162 @@
+"""End to end through the `lstmkit` command, on a small generated PTB-layout corpus."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import tree_files
+from lstmkit.cli import main
+from lstmkit.runs import load_lm
+
+FAST = ["--preset", "test", "--hidden-size", "16", "--batch-size", "4", "--num-steps", "5"]
+
+
+def train(ptb_dir, run, *extra):
+    return main(["train", *FAST, "--data-dir", str(ptb_dir), "--save-path", str(run), *extra])
+
+
+def test_train_save_evaluate_reproduces_the_recorded_test_perplexity(ptb_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train(ptb_dir, run, "--max-max-epoch", "2") == 0
+    out = capsys.readouterr().out
+    assert out.count("perplexity:") == 20, "ten progress lines per epoch"
+    assert "Epoch: 2 Learning rate: 0.500" in out and "seed 0:" in out
+    assert {"model.safetensors", "best.safetensors", "metrics.jsonl", "curve.png"} <= set(
+        tree_files(run))
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if r["event"] == "epoch"]
+    assert [e["learning_rate"] for e in epochs] == [1.0, 0.5]
+    assert epochs[1]["train_perplexity"] < epochs[0]["train_perplexity"]
+    test = records[-1]
+    assert test["event"] == "test" and test["shape"] == "one stream, batch 1"
+
+    assert main(["evaluate", "--model", str(run), "--data-dir", str(ptb_dir), "--stream",
+                 "--json"]) == 0
+    stream = json.loads(capsys.readouterr().out)
+    assert stream["perplexity"] == pytest.approx(test["test_perplexity"], abs=1e-6)
+    assert main(["evaluate", "--model", str(run), "--data-dir", str(ptb_dir), "--json"]) == 0
+    fast = json.loads(capsys.readouterr().out)
+    assert fast["perplexity"] == pytest.approx(test["test_perplexity_fast"], abs=1e-6)
+
+
+def test_resume_continues_to_the_same_parameters_as_one_run(ptb_dir, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert train(ptb_dir, straight, "--max-max-epoch", "3") == 0
+    assert train(ptb_dir, resumed, "--max-max-epoch", "1") == 0
+    assert main(["train", "--resume", "--save-path", str(resumed), "--data-dir", str(ptb_dir),
+                 "--max-max-epoch", "3"]) == 0
+    a, b = load_lm(straight).model.state_dict(), load_lm(resumed).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (straight / "metrics.jsonl").read_text().count('"event": "epoch"') == 3
+    epochs = lambda run: [json.loads(line)["valid_perplexity"]  # noqa: E731
+                          for line in (run / "metrics.jsonl").read_text().splitlines()
+                          if '"event": "epoch"' in line]
+    assert epochs(straight) == epochs(resumed)
+
+
+def test_mid_epoch_checkpoint_resumes_exactly(ptb_dir, tmp_path):
+    """A run stopped after a mid-epoch checkpoint ends where an uninterrupted one does."""
+    from lstmkit import api
+    from lstmkit.config import apply_overrides, preset
+    from lstmkit.reporting import Console
+
+    config = apply_overrides(preset("test"), {"hidden_size": 16, "batch_size": 4, "num_steps": 5,
+                                              "keep_prob": 0.7, "max_max_epoch": 2,
+                                              "checkpoint_every": 7}, "test")
+    quiet = Console(enabled=False)
+    api.train_ptb(config, ptb_dir, tmp_path / "straight", console=quiet)
+
+    class Stop(Exception):
+        pass
+
+    class StopAfterCheckpoint(Console):
+        lines = 0
+
+        def say(self, line):
+            self.lines += 1
+            if self.lines == 9:  # in epoch 2, after its step-7 checkpoint
+                raise Stop
+
+    with pytest.raises(Stop):
+        api.train_ptb(config, ptb_dir, tmp_path / "resumed", console=StopAfterCheckpoint())
+    api.train_ptb(config, ptb_dir, tmp_path / "resumed", resume=True, console=quiet)
+    a = load_lm(tmp_path / "straight").model.state_dict()
+    b = load_lm(tmp_path / "resumed").model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    strip = lambda run: [re.sub(r'"words_per_sec": [0-9.e+-]+', "", line)  # noqa: E731
+                         for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert strip(tmp_path / "straight") == strip(tmp_path / "resumed")
+
+
+def _bad(tmp_path, ptb_dir):
+    """(arguments, expected fragment of the one-line error) for each kind of bad input."""
+    nodata = tmp_path / "nodata"
+    nodata.mkdir()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "ptb.train.txt").write_text("")
+    binary = tmp_path / "binary"
+    binary.mkdir()
+    (binary / "ptb.train.txt").write_bytes(b" ok \n\xff\xfe bad \n")
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    other = tmp_path / "other"
+    other.mkdir()
+    for split in ("train", "valid", "test"):
+        (other / f"ptb.{split}.txt").write_text(" completely different words \n")
+    run = tmp_path / "good-run"
+    d = ["--data-dir", str(ptb_dir)]
+    return run, [
+        (["train", "--data-dir", str(tmp_path / "nope")], "data directory not found"),
+        (["train", "--data-dir", str(nodata)], "no ptb.train.txt here"),
+        (["train", "--data-dir", str(empty)], "ptb.train.txt: file is empty"),
+        (["train", "--data-dir", str(binary)], "ptb.train.txt:2: not valid UTF-8"),
+        (["train", *d, "--hidden-size", "-3"], "hidden_size must be positive, got -3"),
+        (["train", *d, "--keep-prob", "0"], "keep_prob must be in (0, 1], got 0.0"),
+        (["train", *d, "--keep-prob", "1.01"], "keep_prob must be in (0, 1], got 1.01"),
+        (["train", *d, "--batch-size", "ten"], "batch_size must be int, got 'ten'"),
+        (["train", *d, "--preset", "huge"], "unknown preset 'huge'"),
+        (["train", *d, "--config", str(tmp_path / "absent.toml")], "config file not found"),
+        (["train", *d, "--save-path", str(blocker / "sub")], "save path is not writable"),
+        (["train", *d, "--save-path", str(blocker)], "exists and is not a directory"),
+        (["train", *d, "--frobnicate"], "unrecognized arguments: --frobnicate"),
+        (["train", *d, "--resume"], "--resume needs --save-path"),
+        (["train", *d, "--precision", "fp16", "--device", "cpu"], "fp16 needs a CUDA GPU"),
+        (["evaluate", "--model", str(run), "--data-dir", str(other)],
+         "ptb.test.txt:1: unknown word 'completely'"),
+        (["evaluate", "--model", str(tmp_path / "nothing"), "--data-dir", str(ptb_dir)],
+         "checkpoint not found"),
+        (["evaluate", "--model", str(run), "--data-dir", str(ptb_dir), "--batch-size", "-1"],
+         "--batch-size must be positive"),
+        (["train", "--resume", "--save-path", str(run), "--data-dir", str(other)],
+         "checkpoint's vocabulary (7 tokens) does not match the data's (4 tokens)"),
+    ]
+
+
+def test_every_bad_input_is_one_line_exit_2_and_leaves_nothing(ptb_dir, tmp_path, capsys):
+    run, cases = _bad(tmp_path, ptb_dir)
+    # A model whose vocabulary lacks <unk>: unknown words in evaluation are then errors.
+    for split in ("train", "valid", "test"):
+        (ptb_dir / f"ptb.{split}.txt").write_text(" the cat sat on a mat \n" * 20)
+    assert train(ptb_dir, run) == 0
+    capsys.readouterr()
+    for args, fragment in cases:
+        before = tree_files(tmp_path)
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("lstmkit: error: ") and err.count("\n") == 1, (args, err)
+        assert fragment in err, (args, err)
+        assert tree_files(tmp_path) == before, f"{args} left files behind"
+
+
+def test_real_process_prints_no_traceback(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-m", "lstmkit", "train", "--data-dir",
+                           str(tmp_path / "missing")], capture_output=True, text=True, env=env)
+    assert done.returncode == 2
+    assert done.stderr == f"lstmkit: error: {tmp_path / 'missing'}: data directory not found\n"

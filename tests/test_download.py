@@ -1,0 +1,61 @@
+import hashlib
+import io
+import tarfile
+
+import pytest
+
+from conftest import shared_data
+from lstmkit.data.download import PTB_MEMBERS, download_ptb
+from lstmkit.errors import UserError
+
+
+def make_archive(path, files):
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path.as_uri()
+
+
+def sums(files):
+    return {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
+
+
+FILES = {f"./simple-examples/data/ptb.{s}.txt": f" {s} words \n".encode()
+         for s in ("train", "valid", "test")}
+
+
+def test_download_extracts_and_verifies(tmp_path):
+    url = make_archive(tmp_path / "simple-examples.tgz", FILES)
+    target = download_ptb(tmp_path / "cache", url=url, members=sums(FILES))
+    assert (target / "ptb.valid.txt").read_bytes() == b" valid words \n"
+    assert sorted(p.name for p in target.iterdir()) == [
+        "ptb.test.txt", "ptb.train.txt", "ptb.valid.txt"]
+
+
+def test_checksum_mismatch_installs_nothing(tmp_path):
+    url = make_archive(tmp_path / "a.tgz", FILES)
+    wrong = dict.fromkeys(FILES, "0" * 64)
+    with pytest.raises(UserError, match="checksum mismatch"):
+        download_ptb(tmp_path / "cache", url=url, members=wrong)
+    assert list((tmp_path / "cache" / "ptb").iterdir()) == []
+
+
+def test_not_an_archive_and_unreachable_url(tmp_path):
+    bad = tmp_path / "bad.tgz"
+    bad.write_bytes(b"not a tarball")
+    with pytest.raises(UserError, match=r"not a readable \.tgz archive"):
+        download_ptb(tmp_path / "c", url=bad.as_uri(), members=sums(FILES))
+    with pytest.raises(UserError, match="download failed"):
+        download_ptb(tmp_path / "c", url=(tmp_path / "absent.tgz").as_uri(), members=sums(FILES))
+
+
+def test_canonical_checksums_accept_the_real_ptb_files(tmp_path):
+    ptb = shared_data("ptb")
+    files = {name: (ptb / name.rsplit("/", 1)[1]).read_bytes() for name in PTB_MEMBERS}
+    url = make_archive(tmp_path / "simple-examples.tgz", files)
+    target = download_ptb(tmp_path / "cache", url=url)  # the real PTB_MEMBERS sums
+    assert (target / "ptb.train.txt").stat().st_size == 5_101_618
+    # A second call finds verified files and fetches nothing (the URL is now dead).
+    assert download_ptb(tmp_path / "cache", url="file:///nonexistent") == target

@@ -1,0 +1,56 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lstmkit.config import preset
+from lstmkit.evaluate import perplexity, stream_perplexity
+from lstmkit.models.lm import build_language_model
+
+
+@pytest.fixture
+def model():
+    import dataclasses
+    torch.manual_seed(0)
+    config = dataclasses.replace(preset("small"), hidden_size=16, init_scale=0.5)
+    return build_language_model(config, vocab_size=40).eval()
+
+
+def direct_stream_perplexity(model, ids):
+    """Token by token with an explicit log-softmax: the tutorial's batch 1, num_steps 1."""
+    state = model.zero_state(1)
+    total = 0.0
+    with torch.no_grad():
+        for t in range(len(ids) - 1):
+            logits, state = model(ids[t].view(1, 1), state)
+            total -= F.log_softmax(logits.view(-1), dim=0)[ids[t + 1]].item()
+    return math.exp(total / (len(ids) - 1))
+
+
+def test_stream_perplexity_equals_direct_computation(model):
+    ids = torch.randint(0, 40, (157,))
+    result = stream_perplexity(model, ids)
+    assert result.tokens == 156
+    assert result.value == pytest.approx(direct_stream_perplexity(model, ids), rel=1e-5)
+
+
+@pytest.mark.parametrize("num_steps", [1, 7, 50, 500])
+def test_batch_one_result_does_not_depend_on_window_length(model, num_steps):
+    ids = torch.randint(0, 40, (157,))
+    reference = perplexity(model, ids, 1, 3).value
+    assert perplexity(model, ids, 1, num_steps).value == pytest.approx(reference, rel=1e-5)
+
+
+def test_batched_shape_counts_all_but_row_boundary_targets(model):
+    ids = torch.randint(0, 40, (1000,))
+    result = perplexity(model, ids, 4, 9)
+    assert result.tokens == 4 * (1000 // 4 - 1)
+    assert result.shape == "batch 4 x 9 steps"
+    assert stream_perplexity(model, ids).shape == "one stream, batch 1"
+
+
+def test_evaluation_leaves_training_mode_as_it_was(model):
+    model.train()
+    perplexity(model, torch.randint(0, 40, (50,)), 2, 5)
+    assert model.training

@@ -1,0 +1,55 @@
+import pytest
+import torch
+
+from lstmkit.config import preset
+from lstmkit.models.lm import build_language_model
+
+
+def small_config(**changes):
+    import dataclasses
+    return dataclasses.replace(preset("small"), hidden_size=8, **changes)
+
+
+def test_all_parameters_start_uniform_within_init_scale_and_lstm_has_one_bias():
+    model = build_language_model(small_config(init_scale=0.05), vocab_size=50)
+    for name, param in model.named_parameters():
+        assert param.abs().max() <= 0.05, name
+        if "bias_hh" in name:
+            assert torch.count_nonzero(param) == 0, "b_hh duplicates b_ih; it starts at zero"
+        else:
+            assert param.abs().max() > 0.02, f"{name} looks untouched by the uniform init"
+
+
+def test_forget_bias_is_added_to_the_forget_gate_slice():
+    torch.manual_seed(0)
+    base = build_language_model(small_config(), vocab_size=20)
+    torch.manual_seed(0)
+    biased = build_language_model(small_config(forget_bias=1.0), vocab_size=20)
+    diff = biased.rnn.bias_ih_l0 - base.rnn.bias_ih_l0
+    assert torch.allclose(diff[8:16], torch.ones(8)) and torch.count_nonzero(diff[:8]) == 0
+
+
+def test_dropout_only_when_training_and_keep_prob_below_one():
+    model = build_language_model(small_config(keep_prob=0.5), vocab_size=30)
+    ids = torch.randint(0, 30, (4, 6))
+    state = model.zero_state(4)
+    model.eval()
+    a, _ = model(ids, state)
+    b, _ = model(ids, state)
+    assert torch.equal(a, b)
+    model.train()
+    c, _ = model(ids, state)
+    assert not torch.allclose(a, c)
+    assert model.rnn.dropout == 0.5  # between the stacked layers, never on the recurrence
+
+
+@pytest.mark.parametrize("cell, parts", [("lstm", 2), ("gru", 1), ("rnn", 1)])
+def test_state_is_carried_so_two_windows_equal_one_long_window(cell, parts):
+    model = build_language_model(small_config(cell=cell), vocab_size=30).eval()
+    ids = torch.randint(0, 30, (3, 10))
+    state = model.zero_state(3)
+    assert len(state) == parts
+    whole, _ = model(ids, state)
+    first, mid = model(ids[:, :4], state)
+    second, _ = model(ids[:, 4:], mid)
+    assert torch.allclose(torch.cat([first, second], 1), whole, atol=1e-6)
