@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lstmkit.config import LMConfig
@@ -22,6 +21,7 @@ from lstmkit.models.recurrent import (
     run_recurrent,
     zero_state,
 )
+from lstmkit.models.softmax import linear_cross_entropy
 
 
 @dataclass(frozen=True)
@@ -71,9 +71,9 @@ class LanguageModel(nn.Module):
     def window_nll(self, ids: torch.Tensor, targets: torch.Tensor, state: State
                    ) -> tuple[torch.Tensor, State]:
         """Summed negative log-likelihood of `targets` [B, T] (a scalar) and the next state."""
-        logits, state = self(ids, state)
-        nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
-                              reduction="sum")
+        outputs, state = self.hidden(ids, state)
+        nll = linear_cross_entropy(outputs.reshape(-1, outputs.size(-1)), self.decoder.weight,
+                                   self.decoder.bias, targets.reshape(-1))
         return nll, state
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-ROW_CHUNK = 64  # rows of logits per chunk: 64 x 10,000 fp32 = 2.5 MB, about an L2 cache
+ROW_CHUNK = 64  # rows of logits per chunk (32-400 measured within noise on 2 cores)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
