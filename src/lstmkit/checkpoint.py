@@ -75,6 +75,17 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     return tensors, meta
 
 
+def load_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path,
+                 prefix: str = "model.") -> None:
+    """Load the `prefix`ed tensors into `model`; a shape or name mismatch is a UserError."""
+    weights = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise UserError(f"{path}: weights do not fit the model they describe ({first})") from None
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write to a temporary file beside `path`, fsync, then rename over it."""
     path = Path(path)

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from lstmkit.errors import UserError
+from lstmkit.fields import apply_overrides as apply_field_overrides
+from lstmkit.fields import check_choice, check_types
 
 CELLS = ("lstm", "gru", "rnn")
 OPTIMIZERS = ("sgd", "adam")
@@ -52,8 +54,7 @@ class LMConfig:
     checkpoint_every: int = 0  # also checkpoint every N training steps (0: at epoch ends only)
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            _check_type(f.name, getattr(self, f.name), f.type)
+        check_types(self)
         positive = ("num_layers", "num_steps", "hidden_size", "batch_size", "max_max_epoch",
                     "eval_batch_size", "eval_num_steps")
         for name in positive:
@@ -68,13 +69,13 @@ class LMConfig:
             raise UserError(f"config field {name} must be >= 0, got {getattr(self, name)}")
         if not (0.0 < self.keep_prob <= 1.0):
             raise UserError(f"config field keep_prob must be in (0, 1], got {self.keep_prob}")
-        _check_choice("cell", self.cell, CELLS)
-        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("cell", self.cell, CELLS)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
         if self.forget_bias and self.cell != "lstm":
             raise UserError(f"config field forget_bias applies to the lstm cell only "
                             f"(cell is {self.cell}); leave it at 0")
-        _check_choice("precision", self.precision, PRECISIONS)
-        _check_choice("device", self.device, DEVICES)
+        check_choice("precision", self.precision, PRECISIONS)
+        check_choice("device", self.device, DEVICES)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -119,17 +120,7 @@ def field_names() -> list[str]:
 
 def apply_overrides(config: LMConfig, overrides: Mapping[str, Any], source: str) -> LMConfig:
     """Return `config` with `overrides` applied; unknown fields and bad values name `source`."""
-    known = {f.name: f.type for f in fields(LMConfig)}
-    coerced = {}
-    for key, value in overrides.items():
-        name = key.replace("-", "_")
-        if name not in known:
-            raise UserError(f"{source}: unknown config field {key!r}")
-        coerced[name] = _coerce(name, value, known[name], source)
-    try:
-        return dataclasses.replace(config, **coerced)
-    except UserError as err:
-        raise UserError(f"{source}: {err}") from None
+    return apply_field_overrides(config, overrides, source)
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -163,46 +154,6 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if nested:
         raise UserError(f"{path}: config file must be a flat table; {nested[0]!r} is a section")
     return data
-
-
-def _coerce(name: str, value: Any, typ: Any, source: str) -> Any:
-    """Turn a string from the command line (or a JSON/TOML value) into the field's type."""
-    typ = _type_of(typ)
-    try:
-        if typ is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value)
-        if typ is float:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if typ is str:
-            if not isinstance(value, str):
-                raise ValueError
-            return value
-    except (TypeError, ValueError):
-        pass
-    raise UserError(f"{source}: config field {name} must be {typ.__name__}, got {value!r}")
-
-
-def _type_of(annotation: Any) -> type:
-    # `from __future__ import annotations` makes field types strings.
-    return {"int": int, "float": float, "str": str}.get(annotation, annotation)
-
-
-def _check_type(name: str, value: Any, annotation: Any) -> None:
-    typ = _type_of(annotation)
-    ok = isinstance(value, typ) and not isinstance(value, bool)
-    if typ is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok:
-        raise UserError(f"config field {name} must be {typ.__name__}, got {value!r}")
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise UserError(f"config field {name} must be one of {', '.join(choices)}, got {value!r}")
 
 
 def _reason(err: BaseException) -> str:

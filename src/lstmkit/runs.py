@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from lstmkit.checkpoint import load_checkpoint, save_checkpoint
+from lstmkit.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from lstmkit.config import LMConfig
 from lstmkit.errors import UserError
 from lstmkit.models.lm import LanguageModel, LMShape
@@ -129,12 +129,7 @@ def load_lm(path: str | Path, device: torch.device | str = "cpu") -> LoadedLM:
     except (KeyError, TypeError) as err:
         raise UserError(f"{path}: checkpoint metadata is incomplete ({err})") from None
     model = LanguageModel(shape, keep_prob=config.keep_prob)
-    weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    try:
-        model.load_state_dict(weights, strict=True)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise UserError(f"{path}: weights do not fit the model they describe ({first})") from None
+    load_weights(model, tensors, path)
     model.to(device)
     return LoadedLM(model, config, vocab, meta.get("level", "word"), meta, tensors, path)
 

@@ -16,6 +16,8 @@ from typing import Any
 
 from lstmkit.config import CELLS, DEVICES
 from lstmkit.errors import UserError
+from lstmkit.fields import apply_overrides as apply_field_overrides
+from lstmkit.fields import check_choice, check_types
 
 LOSSES = ("bce", "mse")
 OPTIMIZERS = ("adam", "adadelta")
@@ -52,8 +54,7 @@ class ClassifierConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            _check_type(f.name, getattr(self, f.name), f.type)
+        check_types(self)
         if not self.layer_sizes or any(size <= 0 for size in self.layer_sizes):
             raise UserError(f"config field layer_sizes must be positive sizes, got "
                             f"{','.join(map(str, self.layer_sizes)) or 'nothing'}")
@@ -84,10 +85,10 @@ class ClassifierConfig:
         if self.valid_fraction + self.test_fraction >= 1.0:
             raise UserError(f"valid_fraction + test_fraction must leave data to train on, got "
                             f"{self.valid_fraction} + {self.test_fraction}")
-        _check_choice("cell", self.cell, CELLS)
-        _check_choice("loss", self.loss, LOSSES)
-        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        _check_choice("device", self.device, DEVICES)
+        check_choice("cell", self.cell, CELLS)
+        check_choice("loss", self.loss, LOSSES)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("device", self.device, DEVICES)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -127,61 +128,4 @@ def field_names() -> list[str]:
 def apply_overrides(config: ClassifierConfig, overrides: Mapping[str, Any], source: str
                     ) -> ClassifierConfig:
     """`config` with `overrides` (strings from the command line, or typed values) applied."""
-    known = {f.name: f.type for f in fields(ClassifierConfig)}
-    coerced = {}
-    for key, value in overrides.items():
-        name = key.replace("-", "_")
-        if name not in known:
-            raise UserError(f"{source}: unknown classifier config field {key!r}")
-        coerced[name] = _coerce(name, value, known[name], source)
-    try:
-        return dataclasses.replace(config, **coerced)
-    except UserError as err:
-        raise UserError(f"{source}: {err}") from None
-
-
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
-
-
-def _coerce(name: str, value: Any, annotation: Any, source: str) -> Any:
-    typ = _TYPES.get(annotation, annotation)
-    if not isinstance(value, str):
-        return tuple(value) if typ is tuple and isinstance(value, list) else value
-    try:
-        if typ is tuple:
-            return tuple(int(part) for part in value.split(","))
-        if typ is bool:
-            if value.lower() in _TRUE + _FALSE:
-                return value.lower() in _TRUE
-            raise ValueError
-        return typ(value)
-    except ValueError:
-        pass
-    kind = {tuple: "comma-separated sizes like 128,64", bool: "true or false"}.get(
-        typ, typ.__name__)
-    raise UserError(f"{source}: config field {name} must be {kind}, got {value!r}")
-
-
-# `from __future__ import annotations` makes field types strings.
-_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "tuple[int, ...]": tuple}
-
-
-def _check_type(name: str, value: Any, annotation: Any) -> None:
-    typ = _TYPES.get(annotation, annotation)
-    if typ is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    elif typ is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif typ is tuple:
-        ok = isinstance(value, tuple) and all(
-            isinstance(v, int) and not isinstance(v, bool) for v in value)
-    else:
-        ok = isinstance(value, typ)
-    if not ok:
-        raise UserError(f"config field {name} must be {getattr(typ, '__name__', typ)}, "
-                        f"got {value!r}")
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise UserError(f"config field {name} must be one of {', '.join(choices)}, got {value!r}")
+    return apply_field_overrides(config, overrides, source, what="classifier config field")

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from lstmkit.checkpoint import load_checkpoint, save_checkpoint
+from lstmkit.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from lstmkit.classify.config import ClassifierConfig
 from lstmkit.classify.model import ClassifierShape, SentimentClassifier
 from lstmkit.errors import UserError
@@ -63,11 +63,6 @@ def load_classifier(model_path: str | Path, device: torch.device | str = "cpu"
     except (KeyError, TypeError) as err:
         raise UserError(f"{path}: checkpoint metadata is incomplete ({err})") from None
     model = SentimentClassifier(shape, config.embed_dropout, config.dropout, config.packed)
-    weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    try:
-        model.load_state_dict(weights, strict=True)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise UserError(f"{path}: weights do not fit the model they describe ({first})") from None
+    load_weights(model, tensors, path)
     model.to(device).eval()
     return LoadedClassifier(model, config, vocab, meta, path)

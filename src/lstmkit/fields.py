@@ -1,0 +1,83 @@
+"""Typed config fields shared by every config dataclass: coercion of command-line strings,
+type and choice checks, and validated overrides that name where a bad value came from."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from lstmkit.errors import UserError
+
+Config = TypeVar("Config")
+
+# `from __future__ import annotations` makes field types strings.
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "tuple[int, ...]": tuple}
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def apply_overrides(config: Config, overrides: Mapping[str, Any], source: str,
+                    what: str = "config field") -> Config:
+    """`config` with `overrides` applied; an unknown field or bad value names `source`."""
+    known = {f.name: f.type for f in dataclasses.fields(config)}
+    coerced = {}
+    for key, value in overrides.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise UserError(f"{source}: unknown {what} {key!r}")
+        coerced[name] = coerce(name, value, known[name], source)
+    try:
+        return dataclasses.replace(config, **coerced)
+    except UserError as err:
+        raise UserError(f"{source}: {err}") from None
+
+
+def coerce(name: str, value: Any, annotation: Any, source: str) -> Any:
+    """A command-line string (or a JSON/TOML value) as the field's type; checks follow."""
+    typ = _TYPES.get(annotation, annotation)
+    if not isinstance(value, str):
+        if typ is tuple and isinstance(value, list):
+            return tuple(value)
+        if typ is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        return value  # the dataclass's own checks judge it
+    try:
+        if typ is tuple:
+            return tuple(int(part) for part in value.split(","))
+        if typ is bool:
+            if value.lower() in _TRUE + _FALSE:
+                return value.lower() in _TRUE
+            raise ValueError
+        return typ(value)
+    except ValueError:
+        pass
+    kind = {tuple: "comma-separated sizes like 128,64", bool: "true or false"}.get(
+        typ, getattr(typ, "__name__", str(typ)))
+    raise UserError(f"{source}: config field {name} must be {kind}, got {value!r}")
+
+
+def check_types(config: Any) -> None:
+    """Raise UserError for the first field whose value is not of its declared type."""
+    for f in dataclasses.fields(config):
+        check_type(f.name, getattr(config, f.name), f.type)
+
+
+def check_type(name: str, value: Any, annotation: Any) -> None:
+    typ = _TYPES.get(annotation, annotation)
+    if typ is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif typ is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif typ is tuple:
+        ok = isinstance(value, tuple) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value)
+    else:
+        ok = isinstance(value, typ)
+    if not ok:
+        raise UserError(f"config field {name} must be {getattr(typ, '__name__', typ)}, "
+                        f"got {value!r}")
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UserError(f"config field {name} must be one of {', '.join(choices)}, got {value!r}")
