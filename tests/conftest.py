@@ -59,6 +59,17 @@ def text_file(tmp_path: Path) -> Path:
     return write_plain_text(tmp_path / "play.txt")
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models: one thread is fastest, and more only contend on a busy machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _no_data_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests say where data is; a developer's LSTMKIT_DATA must not leak in."""

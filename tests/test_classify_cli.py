@@ -17,13 +17,7 @@ FAST = ["--layer-sizes", "16,8", "--embed-size", "16", "--batch-size", "16", "--
         "--learning-rate", "0.01", "--embed-dropout", "0", "--dropout", "0.1"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: one thread is fastest, and more only contend on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def train(data, run, *extra):

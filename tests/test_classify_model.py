@@ -11,14 +11,7 @@ from lstmkit.classify.data import pad_batch
 from lstmkit.classify.evaluate import batch_loss, logits_of
 from lstmkit.classify.model import ClassifierShape, SentimentClassifier, build_classifier
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: one thread is fastest, and more only contend on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def texts(seed: int = 0) -> list[torch.Tensor]:

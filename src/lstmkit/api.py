@@ -10,7 +10,7 @@ import torch
 from lstmkit import generate
 from lstmkit.config import LMConfig
 from lstmkit.data.plaintext import TextCorpus, check_level, encode_text, load_text_corpus
-from lstmkit.data.ptb import load_ptb, read_split, resolve_ptb_dir, split_file
+from lstmkit.data.ptb import SPLITS, read_split, resolve_ptb_dir, split_file
 from lstmkit.data.text import read_text
 from lstmkit.device import check_precision, resolve_device
 from lstmkit.errors import UserError
@@ -21,16 +21,13 @@ from lstmkit.train.lm import TokenSplits, TrainResult, train_language_model
 from lstmkit.vocab import EOS
 
 
-def load_ptb_splits(data_dir: str | Path | None) -> TokenSplits:
-    corpus = load_ptb(resolve_ptb_dir(data_dir))
-    as_tensor = torch.from_numpy
-    return TokenSplits(corpus.vocab, as_tensor(corpus.train), as_tensor(corpus.valid),
-                       as_tensor(corpus.test))
-
-
 def train_ptb(config: LMConfig, data_dir: str | Path | None, save_path: str | Path | None,
               resume: bool = False, console: Console | None = None) -> TrainResult:
-    return train_language_model(config, load_ptb_splits(data_dir), save_path, resume, console)
+    """PTB's three files as word-level text: the same path `lstmkit train --data-dir` takes."""
+    ptb = resolve_ptb_dir(data_dir)
+    files = {f"{split}_file": split_file(ptb, split) for split in SPLITS}
+    return train_text(config, "word", **files, save_path=save_path, resume=resume,
+                      console=console)
 
 
 def evaluate_ptb(model_path: str | Path, data_dir: str | Path | None, split: str = "test",
