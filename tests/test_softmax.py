@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lstmkit.models.softmax import ROW_CHUNK, linear_cross_entropy
+from lstmkit.models.softmax import linear_cross_entropy
 
 # bf16 products carry 8 mantissa bits: ~0.4% per element, averaged down in the sums.
 TOLERANCE = {torch.float32: (1e-5, 1e-5), torch.bfloat16: (1e-3, 1e-2)}  # (loss, grads) rel.
@@ -27,7 +27,7 @@ def plain_and_fused(dtype, rows, scale=2.0, grad_out=0.25):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("rows", [1, ROW_CHUNK - 1, ROW_CHUNK * 2 + 5])
+@pytest.mark.parametrize("rows", [1, 63, 133])
 def test_fused_loss_and_gradients_match_plain_autograd(dtype, rows):
     loss_tol, grad_tol = TOLERANCE[dtype]
     plain, fused, expected, got = plain_and_fused(dtype, rows)

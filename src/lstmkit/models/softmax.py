@@ -3,16 +3,20 @@
 For a language model this layer dominates the work ([N, H] x [H, V] with V = 10,000 is ~75% of
 the small preset's FLOPs). Written plainly, autograd keeps the [N, V] logits, then makes
 softmax, its gradient and two more products in separate passes over memory. Here the forward
-pass computes the summed NLL *and* the gradients of hidden, weight and bias in row chunks that
-stay in cache; backward only scales them. The matrix products run in `compute_dtype` (bf16
-under CPU autocast: several times faster there); log-sum-exp and the loss stay in fp32.
+pass makes the logits with one product and turns them, in place, into the loss and
+d loss / d logits = softmax - onehot (on the CPU with one native pass per row, see
+kernels/softmax_xent.cpp); backward is just the two products that remain. The products run in
+`compute_dtype` (bf16 under CPU autocast: several times faster there); log-sum-exp, the loss
+and the bias gradient stay in fp32.
 """
 
 from __future__ import annotations
 
 import torch
 
-ROW_CHUNK = 64  # rows of logits per chunk (32-400 measured within noise on 2 cores)
+from lstmkit import kernels
+
+CHUNK_ELEMENTS = 1 << 23  # logits per product when no gradient is kept (bounds eval memory)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -20,35 +24,64 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, targets, compute_dtype):
         h = hidden.to(compute_dtype)
         w = weight.to(compute_dtype)
-        b = bias.float()
-        need_grad = any(ctx.needs_input_grad[:3])
-        n = h.size(0)
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        dlogits = torch.empty((n, w.size(0)), dtype=compute_dtype, device=hidden.device) \
-            if need_grad else None
-        grad_bias = torch.zeros_like(b) if need_grad else None
-        for lo in range(0, n, ROW_CHUNK):
-            hi = min(lo + ROW_CHUNK, n)
-            logits = torch.mm(h[lo:hi], w.t()).float().add_(b)  # [c, V] fp32
-            lse = torch.logsumexp(logits, dim=1, keepdim=True)
-            t = targets[lo:hi].unsqueeze(1)
-            total += (lse - logits.gather(1, t)).sum()
-            if need_grad:
-                probs = logits.sub_(lse).exp_()  # softmax, in place
-                probs.scatter_add_(1, t, torch.full_like(t, -1, dtype=probs.dtype))
-                grad_bias += probs.sum(0)
-                dlogits[lo:hi] = probs
-        if need_grad:
-            grad_hidden = torch.mm(dlogits, w).to(hidden.dtype)  # [N, H]
-            grad_weight = torch.mm(dlogits.t(), h).to(weight.dtype)  # [V, H]
-            ctx.save_for_backward(grad_hidden, grad_weight, grad_bias.to(bias.dtype))
-        return total
+        b = bias.float().contiguous()
+        targets = targets.contiguous()
+        if not any(ctx.needs_input_grad[:3]):
+            return _loss_only(h, w, b, targets)
+        dlogits = torch.mm(h, w.t())
+        nll, grad_bias = softmax_xent_(dlogits, b, targets, want_grad=True)
+        ctx.save_for_backward(dlogits, h, w, grad_bias)
+        ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype)
+        return nll.sum()
 
     @staticmethod
     def backward(ctx, grad_total):
-        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
-        return grad_hidden * grad_total, grad_weight * grad_total, grad_bias * grad_total, \
-            None, None
+        dlogits, h, w, grad_bias = ctx.saved_tensors
+        hidden_dtype, weight_dtype, bias_dtype = ctx.dtypes
+        grad_hidden = torch.mm(dlogits, w).to(hidden_dtype) * grad_total
+        # Scaling the small [N, H] factor, not the [V, H] product, saves a pass over memory.
+        grad_weight = torch.mm(dlogits.t(), h * grad_total.to(h.dtype)).to(weight_dtype)
+        return grad_hidden, grad_weight, (grad_bias * grad_total).to(bias_dtype), None, None
+
+
+def _loss_only(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, targets: torch.Tensor
+               ) -> torch.Tensor:
+    rows = max(1, CHUNK_ELEMENTS // w.size(0))
+    total = torch.zeros((), dtype=torch.float32, device=h.device)
+    for lo in range(0, h.size(0), rows):
+        logits = torch.mm(h[lo:lo + rows], w.t())
+        total += softmax_xent_(logits, b, targets[lo:lo + rows], want_grad=False)[0].sum()
+    return total
+
+
+def softmax_xent_(logits: torch.Tensor, bias: torch.Tensor, targets: torch.Tensor,
+                  want_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-row NLL of logits + bias [N, V] at targets [N], in fp32.
+
+    With want_grad the logits are overwritten by softmax - onehot (their gradient) and the
+    bias gradient (column sums, fp32) is returned too. Native kernel on the CPU when it builds.
+    """
+    kernel = kernels.softmax_xent() if logits.device.type == "cpu" else None
+    if kernel is not None and logits.dtype in (torch.float32, torch.bfloat16):
+        nll, grad_bias = kernel.softmax_xent_(logits.contiguous(), bias, targets, want_grad)
+        return nll, grad_bias
+    return plain_softmax_xent_(logits, bias, targets, want_grad)
+
+
+def plain_softmax_xent_(logits: torch.Tensor, bias: torch.Tensor, targets: torch.Tensor,
+                        want_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The same contract in plain PyTorch (CUDA, or no C++ compiler)."""
+    x = logits.float() + bias
+    lse = torch.logsumexp(x, dim=1, keepdim=True)
+    t = targets.unsqueeze(1)
+    nll = (lse - x.gather(1, t)).squeeze(1)
+    if not want_grad:
+        return nll, None
+    probs = x.sub_(lse).exp_()
+    grad_bias = probs.sum(0) - torch.bincount(targets, minlength=x.size(1)).float()
+    probs.scatter_add_(1, t, torch.full_like(t, -1, dtype=probs.dtype))
+    logits.copy_(probs)
+    return nll, grad_bias
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
