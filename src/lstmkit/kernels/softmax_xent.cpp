@@ -6,7 +6,7 @@
 // (rounded to the logits' dtype) and returns the bias gradient (the column sums, in fp32).
 // PyTorch would need ~6 passes over [N, V] memory for this (add, max, sub, exp, sum, scatter,
 // conversions); here each row (40 KB at V = 10k) is read twice and written once while it sits
-// in L1/L2. AVX-512 (+ AVX512-BF16 when present) with a scalar fallback for other CPUs.
+// in L1/L2. AVX-512 (+ AVX512-BF16 when present), AVX2+FMA, and a scalar fallback for other CPUs.
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -20,6 +20,9 @@
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #include <immintrin.h>
 #define LSTMKIT_AVX512 1
+#elif defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define LSTMKIT_AVX2 1
 #endif
 
 namespace {
@@ -116,6 +119,98 @@ float row_xent(T* row, const float* bias, int64_t V, int64_t target, float* scra
       store16(row + j, p, m);
       _mm512_mask_storeu_ps(gbias + j, m,
                             _mm512_add_ps(_mm512_maskz_loadu_ps(m, gbias + j), p));
+    }
+    from_float(row + target, scratch[target] / sum - 1.0f);
+  }
+  return std::log(sum) + mx - x_target;
+}
+
+#elif defined(LSTMKIT_AVX2)  // AVX2 CPUs (Zen 2/3, Haswell..): 8 lanes, a scalar tail
+
+// The same Cephes expf as exp16; 2^n is built in the exponent bits (no scalef in AVX2).
+inline __m256 exp8(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
+  x = _mm256_min_ps(x, _mm256_set1_ps(88.3f));
+  __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r);
+  p = _mm256_add_ps(p, _mm256_set1_ps(1.0f));
+  __m256i e = _mm256_slli_epi32(
+      _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const uint16_t* p) {
+  __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+}
+inline void store8(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
+inline void store8(uint16_t* p, __m256 v) {  // round to nearest even, like float_to_bf16
+  __m256i bits = _mm256_castps_si256(v);
+  __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+  bits = _mm256_srli_epi32(
+      _mm256_add_epi32(bits, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF))), 16);
+  __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(bits),
+                                    _mm256_extracti128_si256(bits, 1));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), packed);
+}
+inline float hmax8(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_movehdup_ps(m));
+  return _mm_cvtss_f32(m);
+}
+inline float hsum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+template <typename T>
+float row_xent(T* row, const float* bias, int64_t V, int64_t target, float* scratch,
+               float* gbias) {
+  const int64_t bulk = V - V % 8;
+  __m256 vmax = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  for (int64_t j = 0; j < bulk; j += 8)
+    vmax = _mm256_max_ps(vmax, _mm256_add_ps(load8(row + j), _mm256_loadu_ps(bias + j)));
+  float mx = hmax8(vmax);
+  for (int64_t j = bulk; j < V; ++j) mx = std::max(mx, to_float(row[j]) + bias[j]);
+  const __m256 vmx = _mm256_set1_ps(mx);
+  const float x_target = to_float(row[target]) + bias[target];
+  __m256 vsum = _mm256_setzero_ps();
+  for (int64_t j = 0; j < bulk; j += 8) {
+    __m256 x = _mm256_add_ps(load8(row + j), _mm256_loadu_ps(bias + j));
+    __m256 e = exp8(_mm256_sub_ps(x, vmx));
+    vsum = _mm256_add_ps(vsum, e);
+    if (gbias) _mm256_storeu_ps(scratch + j, e);
+  }
+  float sum = hsum8(vsum);
+  for (int64_t j = bulk; j < V; ++j) {
+    scratch[j] = std::exp(to_float(row[j]) + bias[j] - mx);
+    sum += scratch[j];
+  }
+  if (gbias) {
+    const float inv = 1.0f / sum;
+    const __m256 vinv = _mm256_set1_ps(inv);
+    for (int64_t j = 0; j < bulk; j += 8) {
+      __m256 p = _mm256_mul_ps(_mm256_loadu_ps(scratch + j), vinv);
+      store8(row + j, p);
+      _mm256_storeu_ps(gbias + j, _mm256_add_ps(_mm256_loadu_ps(gbias + j), p));
+    }
+    for (int64_t j = bulk; j < V; ++j) {
+      float p = scratch[j] * inv;
+      from_float(row + j, p);
+      gbias[j] += p;
     }
     from_float(row + target, scratch[target] / sum - 1.0f);
   }

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lstmkit.device import cpu_has_native_bf16
+
 State = tuple[torch.Tensor, ...]
 
 _MODULES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
@@ -36,6 +38,19 @@ def detach_state(state: State) -> State:
 
 def run_recurrent(rnn: nn.RNNBase, inputs: torch.Tensor, state: State
                   ) -> tuple[torch.Tensor, State]:
+    if inputs.device.type == "cpu" and _bf16_autocast_without_native_bf16():
+        # oneDNN has no bf16 recurrent primitive on such CPUs ("could not create a primitive
+        # descriptor"): run this layer in fp32 so bf16 models still train and evaluate there.
+        with torch.autocast("cpu", enabled=False):
+            return _run(rnn, inputs.float(), tuple(s.float() for s in state))
+    return _run(rnn, inputs, state)
+
+
+def _bf16_autocast_without_native_bf16() -> bool:
+    return torch.is_autocast_enabled("cpu") and not cpu_has_native_bf16()
+
+
+def _run(rnn: nn.RNNBase, inputs: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
     if isinstance(rnn, nn.LSTM):
         outputs, (h, c) = rnn(inputs, (state[0], state[1]))
         return outputs, (h, c)

@@ -1,0 +1,82 @@
+"""Device and precision selection: the logic that must pick cuDNN on a GPU and bf16 only where
+bf16 products are native, tested here by pretending to be those machines."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lstmkit import device as dev
+from lstmkit.errors import UserError
+from lstmkit.models.recurrent import make_recurrent, run_recurrent, zero_state
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+@pytest.fixture
+def native_bf16(monkeypatch):
+    def pretend(has: bool) -> None:
+        monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda: has)
+        monkeypatch.setattr("lstmkit.models.recurrent.cpu_has_native_bf16", lambda: has)
+    return pretend
+
+
+@pytest.mark.parametrize(("has", "expected"), [(True, "bf16"), (False, "fp32")])
+def test_auto_precision_follows_the_cpu(native_bf16, has, expected):
+    native_bf16(has)
+    assert dev.resolve_precision("auto", CPU) == expected
+
+
+def test_auto_precision_is_fp32_on_cuda(native_bf16):
+    native_bf16(True)
+    assert dev.resolve_precision("auto", CUDA) == "fp32"
+
+
+@pytest.mark.parametrize("explicit", ["fp32", "bf16", "fp16"])
+def test_explicit_precision_is_kept(native_bf16, explicit):
+    native_bf16(False)
+    assert dev.resolve_precision(explicit, CPU) == explicit
+
+
+def test_fp16_on_the_cpu_is_a_user_error():
+    with pytest.raises(UserError, match="fp16 needs a CUDA GPU"):
+        dev.check_precision("fp16", CPU)
+
+
+def test_auto_device_picks_cuda_when_present(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert dev.resolve_device("auto") == CUDA
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert dev.resolve_device("auto") == CPU
+
+
+def test_absent_cuda_is_a_user_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="no CUDA GPU"):
+        dev.resolve_device("cuda")
+
+
+def test_autocast_dtype_per_precision(native_bf16):
+    native_bf16(True)
+    with dev.autocast("auto", CPU):
+        assert torch.is_autocast_enabled("cpu")
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+    native_bf16(False)
+    with dev.autocast("auto", CPU):
+        assert not torch.is_autocast_enabled("cpu")
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_bf16_recurrent_layer_falls_back_to_fp32_without_native_bf16(native_bf16, cell):
+    """Without native bf16 the layer runs in fp32 (oneDNN has no bf16 RNN there): same result
+    as fp32, instead of oneDNN's 'could not create a primitive descriptor'."""
+    native_bf16(False)
+    torch.manual_seed(0)
+    rnn = make_recurrent(cell, 8, 16, 2, 0.0)
+    x = torch.randn(3, 5, 8)
+    state = zero_state(rnn, 3)
+    plain, _ = run_recurrent(rnn, x, state)
+    with dev.autocast("bf16", CPU):
+        mixed, _ = run_recurrent(rnn, x, state)
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, plain)
