@@ -108,7 +108,7 @@ def _bad(tmp_path, ptb_dir):
     other = tmp_path / "other"
     other.mkdir()
     for split in ("train", "valid", "test"):
-        (other / f"ptb.{split}.txt").write_text(" completely different words \n")
+        (other / f"ptb.{split}.txt").write_text(" completely different words \n" * 30)
     run = tmp_path / "good-run"
     d = ["--data-dir", str(ptb_dir)]
     return run, [
@@ -122,8 +122,8 @@ def _bad(tmp_path, ptb_dir):
         (["train", *d, "--batch-size", "ten"], "batch_size must be int, got 'ten'"),
         (["train", *d, "--preset", "huge"], "unknown preset 'huge'"),
         (["train", *d, "--config", str(tmp_path / "absent.toml")], "config file not found"),
-        (["train", *d, "--save-path", str(blocker / "sub")], "save path is not writable"),
-        (["train", *d, "--save-path", str(blocker)], "exists and is not a directory"),
+        (["train", *d, *FAST, "--save-path", str(blocker / "sub")], "save path is not writable"),
+        (["train", *d, *FAST, "--save-path", str(blocker)], "exists and is not a directory"),
         (["train", *d, "--frobnicate"], "unrecognized arguments: --frobnicate"),
         (["train", *d, "--resume"], "--resume needs --save-path"),
         (["train", *d, "--precision", "fp16", "--device", "cpu"], "fp16 needs a CUDA GPU"),
@@ -160,3 +160,19 @@ def test_real_process_prints_no_traceback(tmp_path):
                            str(tmp_path / "missing")], capture_output=True, text=True, env=env)
     assert done.returncode == 2
     assert done.stderr == f"lstmkit: error: {tmp_path / 'missing'}: data directory not found\n"
+
+
+def _metrics_without_clock(run):
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for record in records:
+        record.pop("words_per_sec", None)  # the one field that depends on the clock
+    return records
+
+
+def test_same_seed_gives_an_identical_metrics_log_and_another_seed_does_not(ptb_dir, tmp_path):
+    dropout = ["--keep-prob", "0.7", "--max-max-epoch", "2"]  # dropout draws from the RNG
+    for name, seed in (("a", "3"), ("b", "3"), ("c", "4")):
+        assert train(ptb_dir, tmp_path / name, *dropout, "--seed", seed) == 0
+    a, b, c = (_metrics_without_clock(tmp_path / name) for name in "abc")
+    assert a == b
+    assert a != c

@@ -10,8 +10,10 @@ One file means one `os.replace`, so a reader never sees a half-written checkpoin
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
+import signal
 import struct
 import tempfile
 from pathlib import Path
@@ -27,6 +29,13 @@ FORMAT = "lstmkit-checkpoint"
 FORMAT_VERSION = 1
 _META_KEY = "lstmkit"
 _HASH_KEY = "payload_sha256"
+_TMP_SUFFIX = ".tmp"
+
+# Test hook (tests/test_crash_resume.py): with LSTMKIT_TEST_KILL_IN_SAVE=N, the Nth atomic write
+# of this process SIGKILLs it once the temporary file is complete and synced but not yet renamed:
+# the worst moment for a crash, hit on purpose rather than by luck.
+KILL_IN_SAVE_ENV = "LSTMKIT_TEST_KILL_IN_SAVE"
+_writes_so_far = itertools.count(1)
 
 
 def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
@@ -90,7 +99,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     """Write to a temporary file beside `path`, fsync, then rename over it."""
     path = Path(path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
     except OSError as err:
         raise UserError(f"{path.parent}: cannot write here ({err.strerror})") from None
     try:
@@ -99,6 +108,7 @@ def write_atomic(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        _kill_here_if_testing()
         os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
@@ -106,6 +116,19 @@ def write_atomic(path: Path, data: bytes) -> None:
             raise UserError(f"{path}: cannot write ({err.strerror})") from None
         raise
     _fsync_dir(path.parent)
+
+
+def remove_stale_temporaries(directory: Path, names: tuple[str, ...]) -> None:
+    """Delete temporary files that a killed `write_atomic` left beside any of `names`."""
+    for name in names:
+        for stale in Path(directory).glob(f".{name}.*{_TMP_SUFFIX}"):
+            stale.unlink(missing_ok=True)
+
+
+def _kill_here_if_testing() -> None:
+    target = os.environ.get(KILL_IN_SAVE_ENV)
+    if target and next(_writes_so_far) == int(target):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _umask() -> int:

@@ -1,6 +1,8 @@
 """The `lstmkit` command: parses arguments and calls the Python API, nothing more.
 
-User mistakes (UserError, bad options) print one line and exit with status 2.
+User mistakes (UserError, bad options) print one line and exit with status 2. Under torchrun
+each rank prints its own errors, labelled with its rank; a rank that loses contact with the
+others prints one line and exits with status 1 (torchrun then stops the rest).
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from lstmkit.config import preset as preset_config
 from lstmkit.data.download import download_ptb
 from lstmkit.data.plaintext import LEVELS
 from lstmkit.data.ptb import SPLITS, resolve_ptb_dir, split_file
+from lstmkit.distributed import lost_contact, rank_label
 from lstmkit.errors import UserError
 from lstmkit.runs import MODEL_FILE, load_lm
 
 EXIT_USER_ERROR = 2
+EXIT_LOST_CONTACT = 1
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,8 +41,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return args.handler(args) or 0
     except UserError as err:
-        print(f"lstmkit: error: {err}", file=sys.stderr)
+        print(f"lstmkit: error: {rank_label()}{err}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except RuntimeError as err:
+        lost = lost_contact(err)
+        if lost is None:
+            raise
+        print(f"lstmkit: error: {lost}", file=sys.stderr)
+        return EXIT_LOST_CONTACT
     except KeyboardInterrupt:
         print("lstmkit: interrupted (the last checkpoint, if any, is intact)", file=sys.stderr)
         return 130
@@ -131,7 +141,7 @@ def _add_evaluate(commands) -> None:
     p.add_argument("--batch-size", type=int, help="evaluation rows (default: the model's)")
     p.add_argument("--num-steps", type=int, help="window length (default: the model's)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"))
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=_evaluate)
 
@@ -197,7 +207,7 @@ def _add_score(commands) -> None:
                    help="also each line's share (given the lines before it)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"))
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
     p.set_defaults(handler=_score)
 
 

@@ -21,8 +21,10 @@ from lstmkit.fields import check_choice, check_types
 
 CELLS = ("lstm", "gru", "rnn")
 OPTIMIZERS = ("sgd", "adam")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
+ON_NAN = ("stop", "rollback")
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 @dataclass(frozen=True)
@@ -49,9 +51,14 @@ class LMConfig:
     eval_num_steps: int = 50
     # --- run control ---
     seed: int = 0
+    # "auto": bf16 on CPUs with native bf16 products, else fp32 (device.py). Not yet the
+    # default: a full bf16 run has not yet been checked against the fp32 test perplexity.
     precision: str = "fp32"
     device: str = "auto"
     checkpoint_every: int = 0  # also checkpoint every N training steps (0: at epoch ends only)
+    # A NaN/inf loss or gradient: stop (the last checkpoint is intact), or roll back to the last
+    # checkpoint and halve the learning rate (see train/lm.py, ROLLBACK_LR_FACTOR).
+    on_nan: str = "stop"
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -64,6 +71,13 @@ class LMConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise UserError(f"config field {name} must be a positive number, got {value}")
+        for name in ("init_scale", "learning_rate"):  # they become float32 in the weights
+            if getattr(self, name) > FLOAT32_MAX:
+                raise UserError(f"config field {name} must be at most {FLOAT32_MAX:.4g} (the "
+                                f"largest float32), got {getattr(self, name)}")
+        if self.lr_decay > 1:
+            raise UserError(f"config field lr_decay must be in (0, 1] (the rate only ever "
+                            f"decays), got {self.lr_decay}")
         if self.max_epoch < 0 or self.checkpoint_every < 0:
             name = "max_epoch" if self.max_epoch < 0 else "checkpoint_every"
             raise UserError(f"config field {name} must be >= 0, got {getattr(self, name)}")
@@ -76,6 +90,7 @@ class LMConfig:
                             f"(cell is {self.cell}); leave it at 0")
         check_choice("precision", self.precision, PRECISIONS)
         check_choice("device", self.device, DEVICES)
+        check_choice("on_nan", self.on_nan, ON_NAN)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -12,26 +12,40 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
+from lstmkit.errors import UserError
+
 
 class MetricsLog:
-    """Append-only JSON-lines log; `truncate_to` rewinds it to where a checkpoint was taken."""
+    """Append-only JSON-lines log; `truncate_to` rewinds it to where a checkpoint was taken.
+
+    The rewind waits for the next write, so a resumed run that fails before logging anything
+    (a bad option, a full disk) leaves the log as it found it.
+    """
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
+        self.rewind: int | None = None  # length to cut the file to before the next write
 
     def write(self, record: dict[str, Any]) -> None:
         if self.path is None:
             return
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        try:
+            if self.rewind is not None and self.path.exists():
+                with open(self.path, "r+b") as handle:
+                    handle.truncate(self.rewind)
+            self.rewind = None
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+        except OSError as err:  # a full disk: the last checkpoint still marks a clean end
+            raise UserError(f"{self.path}: cannot write ({err.strerror})") from None
 
     def size(self) -> int:
+        if self.rewind is not None:
+            return self.rewind
         return self.path.stat().st_size if self.path and self.path.exists() else 0
 
     def truncate_to(self, size: int) -> None:
-        if self.path is not None and self.path.exists():
-            with open(self.path, "r+b") as handle:
-                handle.truncate(size)
+        self.rewind = size
 
 
 class Console:
@@ -81,6 +95,11 @@ def plot_epoch_curves(history: Iterable[dict[str, Any]], path: Path, title: str,
     ax.legend()
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        fig.savefig(tmp)
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"{path}: cannot write ({err.strerror})") from None
+    finally:
+        plt.close(fig)

@@ -41,6 +41,7 @@ class Progress:
     best_valid: float | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     metrics_bytes: int = 0  # length of metrics.jsonl when this state was saved
+    lr_scale: float = 1.0  # times the scheduled learning rate: halved by each NaN rollback
 
 
 @dataclass
@@ -55,7 +56,11 @@ class LoadedLM:
 
     @property
     def progress(self) -> Progress:
-        return Progress(**self.meta["progress"])
+        try:
+            return Progress(**self.meta["progress"])
+        except (KeyError, TypeError) as err:
+            raise UserError(f"{self.path}: has no usable training position, cannot resume "
+                            f"from it ({err})") from None
 
 
 def prepare_run_dir(path: str | Path) -> Path:
@@ -84,8 +89,11 @@ def checkpoint_file(model_path: str | Path) -> Path:
 def save_lm_checkpoint(path: Path, model: LanguageModel, config: LMConfig, vocab: Vocab,
                        level: str = "word", optimizer: torch.optim.Optimizer | None = None,
                        progress: Progress | None = None,
-                       carried: tuple[torch.Tensor, ...] | None = None) -> None:
+                       carried: tuple[torch.Tensor, ...] | None = None,
+                       rank_rng: dict[str, torch.Tensor] | None = None) -> None:
+    """`rank_rng`: each data-parallel rank's RNG state (see distributed.World.rng_states)."""
     tensors = {f"model.{k}": v for k, v in _unwrap(model).state_dict().items()}
+    tensors.update(rank_rng or {})
     meta: dict[str, Any] = {
         "kind": KIND_LM,
         "level": level,

@@ -33,6 +33,9 @@ POSITIVE, NEGATIVE = 1, 0
 _LABELS = {"1": POSITIVE, "positive": POSITIVE, "pos": POSITIVE,
            "0": NEGATIVE, "negative": NEGATIVE, "neg": NEGATIVE}
 _DELIMITERS = {".tsv": "\t", ".csv": ","}
+# One text is a sentence or a review (MR: < 300 characters, IMDB: < 14,000). A longer line is a
+# wrong file or a lost line break, and padding a batch to it could exhaust memory: refused.
+MAX_TEXT_CHARS = 100_000
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,7 @@ def read_table(path: str | Path, text_column: str = "text", label_column: str = 
             text = row[columns[text_column]].strip()
             if not text:
                 raise UserError(f"{where}: empty text in column {text_column!r}")
+            check_text_length(text, where)
             texts.append(text)
             labels.append(parse_label(row[columns[label_column]], where))
     except csv.Error as err:
@@ -173,24 +177,32 @@ def parse_label(value: str, where: str) -> int:
 def read_lines_to_score(path: str | Path) -> tuple[list[str], str | None]:
     """Lines of a file for `predict`, and a note if it was read as Latin-1."""
     decoded = read_text_or_latin1(path)
-    return _score_lines(decoded.text), decoded.fallback_note(path)
+    return _score_lines(decoded.text, str(path)), decoded.fallback_note(path)
 
 
 def decode_lines_to_score(raw: bytes, name: str) -> tuple[list[str], str | None]:
     """The same for bytes read from a stream such as stdin (which may be empty)."""
     try:
-        return _score_lines(raw.decode("utf-8")), None
+        return _score_lines(raw.decode("utf-8"), name), None
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
-        return (_score_lines(raw.decode("latin-1")),
+        return (_score_lines(raw.decode("latin-1"), name),
                 f"{name}:{line}: not valid UTF-8, read the whole input as Latin-1")
 
 
-def _score_lines(text: str) -> list[str]:
+def check_text_length(text: str, where: str) -> None:
+    if len(text) > MAX_TEXT_CHARS:
+        raise UserError(f"{where}: a text of {len(text):,} characters, over the limit of "
+                        f"{MAX_TEXT_CHARS:,} (one text a line: is a line break missing?)")
+
+
+def _score_lines(text: str, where: str) -> list[str]:
     # Blank lines are kept, so output line i always answers input line i.
     lines = text.split("\n")
     if lines[-1] == "":
         lines.pop()
+    for number, line in enumerate(lines, start=1):
+        check_text_length(line, f"{where}:{number}")
     return [line.rstrip("\r") for line in lines]
 
 
@@ -219,6 +231,7 @@ def _text_lines(path: Path, notes: list[str]) -> list[str]:
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             raise UserError(f"{path}:{number}: empty line (every line must hold one text)")
+        check_text_length(line, f"{path}:{number}")
     return [line.strip() for line in lines]
 
 

@@ -8,6 +8,7 @@ them) and valid accuracy. The weights of the epoch with the best valid accuracy 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -26,11 +27,12 @@ from lstmkit.classify.data import (
     pad_batch,
     tokenize,
 )
-from lstmkit.classify.evaluate import batch_loss, score
+from lstmkit.classify.evaluate import Score, batch_loss, score
 from lstmkit.classify.model import SentimentClassifier, build_classifier
 from lstmkit.classify.runs import BEST_FILE, CURVE_FILE, METRICS_FILE, save_classifier
 from lstmkit.classify.vectors import load_word_vectors
 from lstmkit.device import resolve_device
+from lstmkit.distributed import World, joined, launched_world
 from lstmkit.errors import UserError
 from lstmkit.reporting import Console, MetricsLog, plot_epoch_curves
 from lstmkit.runs import prepare_run_dir
@@ -54,9 +56,22 @@ def train_classifier(config: ClassifierConfig, splits: Splits, save_path: str | 
     """Train on `splits.train`, keep the best epoch on `splits.valid`, score it on `splits.test`.
 
     `split_meta` (saved in the checkpoint) lets `evaluate` re-make a seeded split.
+    Under torchrun every rank runs this (see distributed.py): each trains on its share of every
+    batch, rank 0 alone talks and writes.
     """
-    console = console or Console()
-    device = resolve_device(config.device)
+    world = launched_world()
+    world.check_divides(config.batch_size)
+    if not world.is_main:
+        console = Console(enabled=False)
+    with joined(world, resolve_device(config.device)) as world:
+        return _train(config, splits, save_path, vectors_path, split_meta,
+                      console or Console(), world)
+
+
+def _train(config: ClassifierConfig, splits: Splits, save_path: str | Path | None,
+           vectors_path: str | Path | None, split_meta: dict | None, console: Console,
+           world: World) -> ClassifierResult:
+    device = world.device
     for note in dict.fromkeys(splits.train.notes + splits.valid.notes + splits.test.notes):
         console.say(f"note: {note}")
     vocab = build_vocab([tokenize(t, config.lowercase) for t in splits.train.texts],
@@ -68,9 +83,11 @@ def train_classifier(config: ClassifierConfig, splits: Splits, save_path: str | 
     if vectors_path is not None:
         _load_vectors(model, vectors_path, vocab, console)
     model.to(device)
+    world.seed_replica(config.seed)  # same weights everywhere, a dropout stream per rank
     optimizer = _optimizer(config, model)
+    replica = world.wrap(model)
     # Every input is checked by now, so a mistake in one leaves no run directory behind.
-    run_dir = prepare_run_dir(save_path) if save_path is not None else None
+    run_dir = prepare_run_dir(save_path) if save_path is not None and world.is_main else None
     metrics = MetricsLog(run_dir / METRICS_FILE if run_dir else None)
     if run_dir is not None:
         for stale in (BEST_FILE, METRICS_FILE, CURVE_FILE):
@@ -79,6 +96,10 @@ def train_classifier(config: ClassifierConfig, splits: Splits, save_path: str | 
     console.say(f"seed {config.seed}: the same seed gives the same split and, with the same "
                 f"device and thread count, the same result | device {device.type} | "
                 f"{torch.get_num_threads()} threads")
+    if world.distributed:
+        console.say(f"data-parallel: {world.size} processes, each training on "
+                    f"{config.batch_size // world.size} of the {config.batch_size} texts of "
+                    f"every batch; rank 0 writes")
     console.say(f"data: {splits.how} | train {len(train)}, valid {len(valid)}, test "
                 f"{len(test)} texts | vocabulary {len(vocab):,} (min count {config.min_count})"
                 f" | {parameters:,} parameters")
@@ -93,8 +114,9 @@ def train_classifier(config: ClassifierConfig, splits: Splits, save_path: str | 
     for epoch in range(1, config.epochs + 1):
         start = time.perf_counter()
         train_loss, train_accuracy = _train_epoch(model, optimizer, train, config, order,
-                                                  console, f"epoch {epoch}/{config.epochs}")
-        valid_score = score(model, valid, config.loss)
+                                                  console, f"epoch {epoch}/{config.epochs}",
+                                                  world, replica)
+        valid_score = _agreed(score(model, valid, config.loss), world)
         seconds = time.perf_counter() - start
         improved = best is None or valid_score.accuracy > best[0]
         console.say(f"Epoch: {epoch}/{config.epochs} Train Loss: {train_loss:.3f} "
@@ -134,26 +156,39 @@ def train_classifier(config: ClassifierConfig, splits: Splits, save_path: str | 
 
 def _train_epoch(model: SentimentClassifier, optimizer: torch.optim.Optimizer,
                  train: EncodedSplit, config: ClassifierConfig, order: torch.Generator,
-                 console: Console, description: str) -> tuple[float, float]:
-    """One pass in a seeded random order; returns mean loss and accuracy over the texts."""
+                 console: Console, description: str, world: World,
+                 replica: torch.nn.Module) -> tuple[float, float]:
+    """One pass in a seeded random order; returns mean loss and accuracy over the texts.
+
+    Every rank draws the same order and takes its contiguous share of each batch (the
+    distributed sampler): together the ranks see exactly the single-process batches.
+    `replica` is `model`, wrapped in DistributedDataParallel when there are several ranks.
+    """
     model.train()
     device = next(model.parameters()).device
     permutation = torch.randperm(len(train), generator=order).tolist()
     batches = [permutation[i:i + config.batch_size]
                for i in range(0, len(permutation), config.batch_size)]
+    # A last batch smaller than the rank count would leave a rank without texts: dropped.
+    batches = [chosen for chosen in batches if len(chosen) >= world.size]
     total_loss, correct = 0.0, 0.0
     bar = console.progress(len(batches), 0, description, unit="batch")
     for chosen in batches:
-        ids, lengths = pad_batch([train.ids[i] for i in chosen])
-        labels = train.labels[chosen].to(device)
-        logits = model(ids.to(device), lengths)  # [B]
-        loss = batch_loss(logits, labels, config.loss)
+        mine = chosen[world.share(len(chosen))]
+        ids, lengths = pad_batch([train.ids[i] for i in mine])
+        labels = train.labels[mine].to(device)
+        logits = replica(ids.to(device), lengths)  # [B / W]
+        loss = batch_loss(logits, labels, config.loss)  # mean over this rank's texts
+        if world.distributed:
+            # DDP averages the ranks' gradients; weighting each rank's mean by W x its share of
+            # the batch makes that average the gradient of the whole batch's mean.
+            loss = loss * (world.size * len(mine) / len(chosen))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
         optimizer.step()
-        value = loss.item()
+        value = world.summed(loss.detach()).item() / world.size  # the whole batch's, everywhere
         if not math.isfinite(value):
             raise UserError(f"training diverged: loss is {value} ({description}); try a lower "
                             f"learning_rate")
@@ -161,7 +196,15 @@ def _train_epoch(model: SentimentClassifier, optimizer: torch.optim.Optimizer,
         correct += ((logits.detach() >= 0).float() == labels).sum().item()
         bar.update(1)
     bar.close()
-    return total_loss / len(train), correct / len(train)
+    seen = sum(len(chosen) for chosen in batches)
+    correct = world.summed(torch.tensor(correct, dtype=torch.float64)).item()
+    return total_loss / seen, correct / seen
+
+
+def _agreed(result: Score, world: World) -> Score:
+    """Rank 0's score on every rank, so all keep the same best epoch."""
+    loss, accuracy = world.agree([result.loss, result.accuracy])
+    return dataclasses.replace(result, loss=loss, accuracy=accuracy)
 
 
 def _optimizer(config: ClassifierConfig, model: SentimentClassifier) -> torch.optim.Optimizer:

@@ -152,8 +152,11 @@ def split_contiguous(lines: Lines, where: str, level: str) -> tuple[_Part, _Part
         pieces.append(_slice(lines, start, end, where))
         start = end
     if any(sum(len(line) for line in p.lines) < 2 for p in pieces):
-        raise UserError(f"{where}: {total} {token_name(level)}s are too few to split 90/5/5 "
-                        f"(each split needs at least 2); give separate train/valid/test files")
+        what = (f"{total} words on {len(lines)} line(s) cannot be split 90/5/5 at line "
+                f"boundaries" if level == "word" else f"{total} characters are too few to "
+                f"split 90/5/5")
+        raise UserError(f"{where}: {what} (each split needs at least 2 {token_name(level)}s); "
+                        f"give separate train/valid/test files")
     return pieces[0], pieces[1], pieces[2]
 
 

@@ -8,6 +8,7 @@ perplexity and a checkpoint; at the end: test perplexity on one stream and the f
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -15,9 +16,11 @@ from pathlib import Path
 
 import torch
 
+from lstmkit.checkpoint import remove_stale_temporaries
 from lstmkit.config import LMConfig
 from lstmkit.data.batching import batch_rows, bptt_windows, epoch_size
-from lstmkit.device import autocast, check_precision, resolve_device
+from lstmkit.device import autocast, check_precision, resolve_device, resolve_precision
+from lstmkit.distributed import World, joined, launched_world
 from lstmkit.errors import UserError
 from lstmkit.evaluate import perplexity, stream_perplexity
 from lstmkit.models.lm import LanguageModel, build_language_model
@@ -28,6 +31,7 @@ from lstmkit.runs import (
     CURVE_FILE,
     METRICS_FILE,
     MODEL_FILE,
+    LoadedLM,
     Progress,
     carried_state,
     load_lm,
@@ -39,6 +43,8 @@ from lstmkit.runs import (
 from lstmkit.vocab import Vocab
 
 REPORTS_PER_EPOCH = 10
+ROLLBACK_LR_FACTOR = 0.5  # on_nan rollback: each rollback halves the learning rate
+MAX_ROLLBACKS_IN_A_ROW = 3  # to the same checkpoint; one more fault there stops the run
 
 
 @dataclass(frozen=True)
@@ -59,49 +65,96 @@ class TrainResult:
     run_dir: Path | None
 
 
+class NonFiniteLoss(UserError):
+    """Training diverged at a step (NaN/inf loss, gradient or weights); nothing was saved
+    after it, so the last checkpoint is good."""
+
+    def __init__(self, what: str, epoch: int, step: int) -> None:
+        self.what, self.epoch, self.step = what, epoch, step
+        super().__init__(f"training diverged: {what} at epoch {epoch}, step {step}; the last "
+                         f"checkpoint is intact (try a lower learning_rate or max_grad_norm, "
+                         f"or --on-nan rollback)")
+
+
 def train_language_model(config: LMConfig, data: TokenSplits, save_path: str | Path | None,
                          resume: bool = False, console: Console | None = None) -> TrainResult:
-    console = console or Console()
+    """Train, checkpointing into `save_path`; data-parallel when launched by torchrun.
+
+    Under torchrun every rank runs this with the same arguments (see distributed.py): each
+    trains on its share of every batch's rows, and rank 0 alone talks and writes.
+    """
+    world = launched_world()
+    world.check_divides(config.batch_size)
+    if not world.is_main:
+        console = Console(enabled=False)
     device = resolve_device(config.device)
     check_precision(config.precision, device)
-    run_dir = prepare_run_dir(save_path) if save_path is not None else None
-    metrics = MetricsLog(run_dir / METRICS_FILE if run_dir else None)
+    with joined(world, device) as world:
+        return _train(config, data, save_path, resume, console or Console(), world)
+
+
+def _precision_label(config: LMConfig, device: torch.device) -> str:
+    resolved = resolve_precision(config.precision, device)
+    return f"{resolved} (auto)" if config.precision == "auto" else resolved
+
+
+def _train(config: LMConfig, data: TokenSplits, save_path: str | Path | None, resume: bool,
+           console: Console, world: World) -> TrainResult:
+    device = world.device
+    windows = _check_fit(config, data, save_path)  # before any file of the run is touched
+    run_dir = _run_dir(save_path, world)
+    metrics = MetricsLog(run_dir / METRICS_FILE if run_dir and world.is_main else None)
 
     if resume:
-        model, optimizer, progress, carried = _resume(config, data, run_dir, device, metrics)
+        model, optimizer, progress, carried = _resume(config, data, run_dir, world, metrics)
         console.say(f"Resuming {run_dir / MODEL_FILE} at epoch {progress.epoch}, "
                     f"step {progress.step}")
     else:
         torch.manual_seed(config.seed)
         model = build_language_model(config, len(data.vocab)).to(device)
+        world.seed_replica(config.seed)
         optimizer = make_optimizer(config, model)
         progress, carried = Progress(), None
-        if run_dir is not None:
+        if run_dir is not None and world.is_main:
             for stale in (MODEL_FILE, BEST_FILE, METRICS_FILE, CURVE_FILE):
                 (run_dir / stale).unlink(missing_ok=True)
     console.say(f"seed {config.seed}: runs with the same seed, device and thread count repeat "
-                f"exactly | device {device.type} | precision {config.precision} | "
+                f"exactly | device {device.type} | precision {_precision_label(config, device)} | "
                 f"{sum(p.numel() for p in model.parameters()):,} parameters")
+    if world.distributed:
+        console.say(f"data-parallel: {world.size} processes, each training on "
+                    f"{config.batch_size // world.size} of the {config.batch_size} rows of "
+                    f"every batch; rank 0 writes")
 
-    rows = batch_rows(data.train, config.batch_size).to(device)
-    windows = epoch_size(data.train.numel(), config.batch_size, config.num_steps)
-    if windows < 1:
-        raise UserError(f"training data ({data.train.numel()} tokens) is too short for "
-                        f"batch_size {config.batch_size} x num_steps {config.num_steps}")
-    save = _Saver(run_dir, model, optimizer, config, data, metrics)
+    # This rank's rows of the batch (all of them in a world of one); it carries their state.
+    rows = batch_rows(data.train, config.batch_size)[world.share(config.batch_size)].to(device)
+    save = _Saver(run_dir, model, optimizer, config, data, metrics, world)
+    window_loss = world.wrap(_WindowLoss(model))  # DDP (if W > 1) broadcasts rank 0's weights
+    rollback = None
+    if config.on_nan == "rollback":
+        rollback = _Rollback(run_dir, model, optimizer, config, world, metrics, console)
+        if not resume:
+            save.checkpoint(progress, carried=None, best=False)  # something to roll back to
 
     while progress.epoch <= config.max_max_epoch:
         epoch = progress.epoch
-        lr = config.learning_rate_for_epoch(epoch)
+        lr = config.learning_rate_for_epoch(epoch) * progress.lr_scale
         for group in optimizer.param_groups:
             group["lr"] = lr
         console.say(f"Epoch: {epoch} Learning rate: {lr:.3f}")
-        _train_epoch(model, optimizer, rows, windows, config, progress, carried, console,
-                     metrics, save)
+        try:
+            _train_epoch(model, optimizer, rows, windows, config, progress, carried, console,
+                         metrics, save, world, window_loss)
+        except NonFiniteLoss as fault:
+            if rollback is None:
+                raise
+            progress, carried = rollback.recover(fault, progress)
+            continue
         carried = None
         train_ppl = math.exp(progress.costs / progress.iters)
         valid = perplexity(model, data.valid, config.eval_batch_size, config.eval_num_steps,
                            config.precision)
+        valid = dataclasses.replace(valid, nll=world.agree([valid.nll])[0])  # rank 0's decides
         valid_loss = valid.nll / valid.tokens  # nats per token (per character at char level)
         console.say(f"Epoch: {epoch} Train Perplexity: {train_ppl:.3f}")
         console.say(f"Epoch: {epoch} Valid Perplexity: {valid.value:.3f} "
@@ -124,7 +177,7 @@ def train_language_model(config: LMConfig, data: TokenSplits, save_path: str | P
     metrics.write({"event": "test", "test_perplexity": test.value, "shape": test.shape,
                    "test_loss": test.nll / test.tokens,
                    "test_perplexity_fast": fast.value, "fast_shape": fast.shape})
-    if run_dir is not None and progress.history:
+    if run_dir is not None and progress.history and world.is_main:
         plot_learning_curve(progress.history, run_dir / CURVE_FILE,
                             f"{data.level}-level {config.cell.upper()}, "
                             f"{config.num_layers}x{config.hidden_size}")
@@ -134,26 +187,35 @@ def train_language_model(config: LMConfig, data: TokenSplits, save_path: str | P
 def _train_epoch(model: LanguageModel, optimizer: torch.optim.Optimizer, rows: torch.Tensor,
                  windows: int, config: LMConfig, progress: Progress,
                  carried: tuple[torch.Tensor, ...] | None, console: Console,
-                 metrics: MetricsLog, save: _Saver) -> None:
+                 metrics: MetricsLog, save: _Saver, world: World,
+                 window_loss: torch.nn.Module) -> None:
+    """One epoch from `progress.step` on this rank's `rows`; `window_loss` is the model's
+    window NLL, wrapped in DistributedDataParallel when there are several ranks."""
     model.train()
     device = rows.device
-    state = carried if carried is not None else model.zero_state(config.batch_size)
+    state = carried if carried is not None else model.zero_state(rows.size(0))
     start_time, start_step = time.perf_counter(), progress.step
     bar = console.progress(windows, progress.step, f"epoch {progress.epoch}")
     for x, y in bptt_windows(rows, config.num_steps, start=progress.step):
         state = detach_state(state)
         with autocast(config.precision, device):
-            nll, state = model.window_nll(x, y, state)
-        cost = nll / config.batch_size  # summed over time steps, averaged over the batch
+            nll, state = window_loss(x, y, state)
+        # Summed over time steps, averaged over the batch. With W ranks each averages over its
+        # B/W rows and DDP averages their gradients: the gradient of sum(nll) / B, as alone.
+        cost = nll / rows.size(0)
         optimizer.zero_grad(set_to_none=True)
         cost.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(),
+                                                         config.max_grad_norm))
+        # The whole batch's cost, the same on every rank: so is the decision to stop on inf.
+        # (The gradient norm is of the all-reduced gradients: the same on every rank too.)
+        cost_value = (world.summed(nll.detach()) / config.batch_size).item()
+        if not (math.isfinite(cost_value) and math.isfinite(grad_norm)):
+            bar.close()  # checked before the step, so a NaN never reaches the weights
+            what = (f"loss is {cost_value}" if not math.isfinite(cost_value)
+                    else f"gradient norm is {grad_norm}")
+            raise NonFiniteLoss(what, progress.epoch, progress.step + 1)
         optimizer.step()
-        cost_value = cost.item()
-        if not math.isfinite(cost_value):
-            raise UserError(f"training diverged: loss is {cost_value} at epoch "
-                            f"{progress.epoch}, step {progress.step + 1} (try a lower "
-                            f"learning_rate or max_grad_norm); the last checkpoint is intact")
         progress.costs += cost_value
         progress.iters += config.num_steps
         progress.step += 1
@@ -172,6 +234,8 @@ def _train_epoch(model: LanguageModel, optimizer: torch.optim.Optimizer, rows: t
                 and progress.step < windows:
             save.checkpoint(progress, carried=detach_state(state), best=False)
     bar.close()
+    if not weights_finite(model):  # a finite but huge step can still overflow the weights
+        raise NonFiniteLoss("the weights are not finite", progress.epoch, progress.step)
 
 
 def make_optimizer(config: LMConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -181,34 +245,91 @@ def make_optimizer(config: LMConfig, model: torch.nn.Module) -> torch.optim.Opti
     return torch.optim.SGD(model.parameters(), lr=config.learning_rate)
 
 
+def weights_finite(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def _check_fit(config: LMConfig, data: TokenSplits, save_path: str | Path | None) -> int:
+    """Windows per epoch; data too short for the configured shapes is refused up front."""
+    windows = epoch_size(data.train.numel(), config.batch_size, config.num_steps)
+    if windows < 1:
+        raise UserError(f"training data ({data.train.numel()} tokens) is too short for "
+                        f"batch_size {config.batch_size} x num_steps {config.num_steps}")
+    for name, ids in (("valid", data.valid), ("test", data.test)):
+        if ids.numel() // config.eval_batch_size < 2:
+            raise UserError(f"{name} data ({ids.numel()} tokens) is too short for "
+                            f"eval_batch_size {config.eval_batch_size} (2 tokens a row)")
+    if config.on_nan == "rollback" and save_path is None:
+        raise UserError("on_nan rollback needs a save path (--save-path): it rolls back to "
+                        "the run's last checkpoint")
+    return windows
+
+
 def _crosses_report_point(step: int, windows: int) -> bool:
     """True at the steps that finish a tenth of the epoch (ten reports per epoch)."""
     return step * REPORTS_PER_EPOCH // windows > (step - 1) * REPORTS_PER_EPOCH // windows
 
 
+class _WindowLoss(torch.nn.Module):
+    """The model's window NLL as a module's forward: DistributedDataParallel hooks forward to
+    set up the gradient all-reduce of the backward that follows."""
+
+    def __init__(self, model: LanguageModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, state: tuple[torch.Tensor, ...]):
+        return self.model.window_nll(x, y, state)
+
+
+def _run_dir(save_path: str | Path | None, world: World) -> Path | None:
+    """Rank 0 creates the run directory and proves it writable; other ranks only read it."""
+    if save_path is None:
+        return None
+    if not world.is_main:
+        return Path(save_path)
+    run_dir = prepare_run_dir(save_path)
+    remove_stale_temporaries(run_dir, (MODEL_FILE, BEST_FILE))  # from a write killed midway
+    return run_dir
+
+
 class _Saver:
-    """Writes the run's checkpoints (latest always, best when valid improved)."""
+    """Writes the run's checkpoints (latest always, best when valid improved).
+
+    With several ranks, every rank calls `checkpoint` (each hands over its rows' carried state
+    and its RNG state) and rank 0 writes one file, the same as a single process would: the
+    carried state holds all B rows, so any number of processes can resume from it.
+    """
 
     def __init__(self, run_dir: Path | None, model: LanguageModel,
                  optimizer: torch.optim.Optimizer, config: LMConfig, data: TokenSplits,
-                 metrics: MetricsLog) -> None:
+                 metrics: MetricsLog, world: World) -> None:
         self.run_dir, self.model, self.optimizer = run_dir, model, optimizer
-        self.config, self.data, self.metrics = config, data, metrics
+        self.config, self.data, self.metrics, self.world = config, data, metrics, world
 
     def checkpoint(self, progress: Progress, carried: tuple[torch.Tensor, ...] | None,
                    best: bool) -> None:
         if self.run_dir is None:
             return
+        if not weights_finite(self.model):  # never write a diverged model over a good one
+            raise NonFiniteLoss("the weights are not finite", progress.epoch, progress.step)
+        if carried is not None:
+            carried = self.world.gather_rows(carried)
+        rank_rng = self.world.rng_states()
+        if not self.world.is_main:
+            return
         progress.metrics_bytes = self.metrics.size()
-        save_lm_checkpoint(self.run_dir / MODEL_FILE, self.model, self.config, self.data.vocab,
-                           self.data.level, self.optimizer, progress, carried)
-        if best:
+        if best:  # before the latest: a run killed between the two writes redoes both
             save_lm_checkpoint(self.run_dir / BEST_FILE, self.model, self.config,
                                self.data.vocab, self.data.level)
+        save_lm_checkpoint(self.run_dir / MODEL_FILE, self.model, self.config, self.data.vocab,
+                           self.data.level, self.optimizer, progress, carried, rank_rng)
 
 
-def _resume(config: LMConfig, data: TokenSplits, run_dir: Path | None, device: torch.device,
+def _resume(config: LMConfig, data: TokenSplits, run_dir: Path | None, world: World,
             metrics: MetricsLog):
+    """Every rank reads the checkpoint (only rank 0 writes, later) and takes its rows' state."""
+    device = world.device
     if run_dir is None:
         raise UserError("--resume needs --save-path (the run directory to continue)")
     path = run_dir / MODEL_FILE
@@ -223,8 +344,68 @@ def _resume(config: LMConfig, data: TokenSplits, run_dir: Path | None, device: t
                         f"resume with optimizer {config.optimizer}")
     model = loaded.model
     optimizer = make_optimizer(config, model)
+    progress, carried = _restore(loaded, optimizer, config, world, metrics)
+    return model, optimizer, progress, carried
+
+
+def _restore(loaded: LoadedLM, optimizer: torch.optim.Optimizer, config: LMConfig,
+             world: World, metrics: MetricsLog
+             ) -> tuple[Progress, tuple[torch.Tensor, ...] | None]:
+    """Optimizer, RNG, position and metrics log as `loaded` saved them (the caller: weights)."""
+    device = world.device
     restore_optimizer(optimizer, loaded)
     progress = loaded.progress
-    restore_rng(loaded)
+    if not world.restore_rng(loaded.tensors):  # saved by a world of another size, or alone
+        if world.is_main:
+            restore_rng(loaded)
+        else:
+            world.seed_replica(config.seed)
     metrics.truncate_to(progress.metrics_bytes)
-    return model, optimizer, progress, carried_state(loaded, device)
+    carried = carried_state(loaded, device)
+    if carried is not None and world.distributed:
+        carried = tuple(s[:, world.share(s.size(1))].contiguous() for s in carried)
+    return progress, carried
+
+
+class _Rollback:
+    """on_nan rollback: back to the last checkpoint, with the learning rate lowered.
+
+    Each rollback multiplies the run's `lr_scale` by ROLLBACK_LR_FACTOR. The epoch schedule
+    goes on as before, scaled: lr = learning_rate_for_epoch(epoch) * lr_scale. `lr_scale` is
+    saved in every checkpoint, so a resumed run (or a later rollback) keeps the lowered rate.
+    """
+
+    def __init__(self, run_dir: Path, model: LanguageModel, optimizer: torch.optim.Optimizer,
+                 config: LMConfig, world: World, metrics: MetricsLog, console: Console) -> None:
+        self.run_dir, self.model, self.optimizer = run_dir, model, optimizer
+        self.config, self.world, self.metrics, self.console = config, world, metrics, console
+        self.target: tuple[int, int] | None = None  # (epoch, step) last rolled back to
+        self.streak: list[dict] = []  # metrics records of the rollbacks to `target`
+
+    def recover(self, fault: NonFiniteLoss, progress: Progress
+                ) -> tuple[Progress, tuple[torch.Tensor, ...] | None]:
+        path = self.run_dir / MODEL_FILE
+        loaded = load_lm(path, self.world.device)
+        saved = loaded.progress
+        where = f"epoch {saved.epoch}, step {saved.step}"
+        if (saved.epoch, saved.step) != self.target:
+            self.target, self.streak = (saved.epoch, saved.step), []
+        if len(self.streak) == MAX_ROLLBACKS_IN_A_ROW:
+            raise UserError(f"training diverged: {fault.what} at epoch {fault.epoch}, step "
+                            f"{fault.step}, again after {MAX_ROLLBACKS_IN_A_ROW} rollbacks to "
+                            f"{where} (learning rate now {progress.lr_scale:g} x the schedule); "
+                            f"{path} is intact (try a lower learning_rate or max_grad_norm)")
+        self.model.load_state_dict(loaded.model.state_dict())
+        restored, carried = _restore(loaded, self.optimizer, self.config, self.world,
+                                     self.metrics)
+        restored.lr_scale = progress.lr_scale * ROLLBACK_LR_FACTOR
+        self.streak.append({"event": "rollback", "epoch": fault.epoch, "step": fault.step,
+                            "fault": fault.what, "to_epoch": saved.epoch,
+                            "to_step": saved.step, "lr_scale": restored.lr_scale})
+        self.console.say(f"{fault.what} at epoch {fault.epoch}, step {fault.step}: rolled back "
+                         f"to {where} ({path.name}); learning rate x{restored.lr_scale:g} from "
+                         f"now on (rollback {len(self.streak)} of {MAX_ROLLBACKS_IN_A_ROW} in a "
+                         f"row)")
+        for record in self.streak:  # the log was rewound to the checkpoint: re-tell them all
+            self.metrics.write(record)
+        return restored, carried

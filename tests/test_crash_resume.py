@@ -1,0 +1,165 @@
+"""Kill training anywhere, resume, and end bit for bit where an uninterrupted run ends.
+
+Real `python -m lstmkit train` processes on one thread are SIGKILLed at seeded random points
+(and, through the LSTMKIT_TEST_KILL_IN_SAVE hook of checkpoint.py, inside a checkpoint write:
+after the temporary file is synced, before the rename), then resumed with `--resume` until the
+run finishes. Metrics (all but the timing field), weights, optimizer state and RNG state must
+equal those of one uninterrupted run with the same seed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from conftest import tree_files, write_ptb_layout
+from lstmkit.checkpoint import KILL_IN_SAVE_ENV
+from lstmkit.data.batching import epoch_size
+from lstmkit.data.ptb import load_ptb
+from lstmkit.runs import load_lm
+
+BATCH, STEPS, EVERY = 4, 5, 5  # 87 windows an epoch, a checkpoint every 5
+FLAGS = ["--preset", "test", "--hidden-size", "16", "--batch-size", str(BATCH), "--num-steps",
+         str(STEPS), "--keep-prob", "0.7", "--checkpoint-every", str(EVERY)]  # dropout: RNG
+RUN_FILES = {"model.safetensors", "best.safetensors", "metrics.jsonl", "curve.png"}
+TIMEOUT = 120
+
+
+@dataclass(frozen=True)
+class Kill:
+    """Where a process dies: `after_lines` console lines in, after a random pause (0 lines:
+    a pause from the start, so while importing or loading), or in its `in_save`-th write."""
+    after_lines: int = 0
+    in_save: int = 0
+
+
+def start(ptb: Path, run: Path, log: Path, kill_in_save: int = 0, epochs: int = 2
+          ) -> subprocess.Popen:
+    resume = (["--resume"] if (run / "model.safetensors").exists()
+              else [*FLAGS, "--max-max-epoch", str(epochs)])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1",
+           "MKL_NUM_THREADS": "1", "CI": "1"}
+    env.pop(KILL_IN_SAVE_ENV, None)
+    if kill_in_save:
+        env[KILL_IN_SAVE_ENV] = str(kill_in_save)
+    with open(log, "wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "lstmkit", "train", "--data-dir",
+                                 str(ptb), "--save-path", str(run), *resume],
+                                stdout=out, stderr=subprocess.STDOUT, env=env)
+
+
+def kill_at(proc: subprocess.Popen, log: Path, kill: Kill, rng: random.Random) -> int:
+    if kill.after_lines:
+        while log.read_bytes().count(b"\n") < kill.after_lines and proc.poll() is None:
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0.0, 0.03))
+    else:
+        time.sleep(rng.uniform(0.2, 2.5))
+    proc.send_signal(signal.SIGKILL)
+    return proc.wait(TIMEOUT)
+
+
+def run_and_kill(ptb: Path, run: Path, kill: Kill, rng: random.Random, epochs: int = 2
+                 ) -> None:
+    """One process that dies as `kill` says (a fresh start, or a resume once a checkpoint is)."""
+    log = next_log(run)
+    proc = start(ptb, run, log, kill.in_save, epochs)
+    code = proc.wait(TIMEOUT) if kill.in_save else kill_at(proc, log, kill, rng)
+    assert code == -signal.SIGKILL, f"{kill}: exited {code}, not killed:\n{log.read_text()}"
+
+
+def finish(ptb: Path, run: Path) -> None:
+    log = next_log(run)
+    assert start(ptb, run, log).wait(TIMEOUT) == 0, log.read_text()
+
+
+def next_log(run: Path) -> Path:
+    return run.parent / f"{run.name}.{len(list(run.parent.glob(f'{run.name}.*.log')))}.log"
+
+
+def writes_left(run: Path, windows: int) -> int:
+    """Checkpoint writes from the run's last checkpoint to its end (valid improves every
+    epoch here, so each epoch ends with two: best.safetensors, then model.safetensors)."""
+    saved = load_lm(run)
+    progress, epochs = saved.progress, saved.config.max_max_epoch
+    per_epoch = len(range(EVERY, windows, EVERY)) + 2
+    this_epoch = len(range((progress.step // EVERY + 1) * EVERY, windows, EVERY)) + 2
+    return this_epoch + (epochs - progress.epoch) * per_epoch
+
+
+def metrics(run: Path) -> list[dict]:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for record in records:
+        record.pop("words_per_sec", None)  # the one field that depends on the clock
+    return records
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    assert metrics(a) == metrics(b)
+    for name in ("model.safetensors", "best.safetensors"):
+        x, y = load_file(a / name), load_file(b / name)
+        assert x.keys() == y.keys()
+        assert all(x[k].dtype == y[k].dtype and x[k].equal(y[k]) for k in x), name
+    for run in (a, b):
+        assert tree_files(run) == RUN_FILES, "no temporary or stray files left"
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> tuple[Path, int]:
+    ptb = write_ptb_layout(tmp_path / "ptb")
+    return ptb, epoch_size(load_ptb(ptb).train.size, BATCH, STEPS)
+
+
+def uninterrupted(ptb: Path, run: Path, epochs: int) -> subprocess.Popen:
+    """The reference run, started first so it trains beside the interrupted one. (A separate
+    process like them: in this one, other threads or settings could change the last bits.)"""
+    return start(ptb, run, run.parent / "straight.log", epochs=epochs)
+
+
+def check_reference(proc: subprocess.Popen, run: Path) -> None:
+    assert proc.wait(TIMEOUT) == 0, (run.parent / "straight.log").read_text()
+    valid = [r["valid_perplexity"] for r in metrics(run) if r["event"] == "epoch"]
+    assert valid == sorted(valid, reverse=True), "writes_left assumes valid improves each epoch"
+
+
+def test_killed_at_random_and_inside_the_last_write_resumes_bit_for_bit(corpus, tmp_path):
+    ptb, windows = corpus
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    reference = uninterrupted(ptb, straight, epochs=2)
+    rng = random.Random(7)
+    run_and_kill(ptb, killed, Kill(after_lines=rng.randint(5, 18)), rng)
+    # Then inside the run's very last write: a crash between writing best.safetensors and
+    # model.safetensors at the end must not leave a stale best behind.
+    run_and_kill(ptb, killed, Kill(in_save=writes_left(killed, windows)), rng)
+    assert any(name.endswith(".tmp") for name in tree_files(killed)), "died mid-write"
+    finish(ptb, killed)
+    check_reference(reference, straight)
+    assert_same_run(straight, killed)
+
+
+@pytest.mark.slow
+def test_many_random_kills_and_both_end_of_run_writes_resume_bit_for_bit(corpus, tmp_path):
+    ptb, windows = corpus
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    reference = uninterrupted(ptb, straight, epochs=3)
+    rng = random.Random(11)
+    run_and_kill(ptb, killed, Kill(after_lines=rng.randint(5, 9)), rng, epochs=3)
+    run_and_kill(ptb, killed, Kill(after_lines=0), rng)  # while importing or loading
+    for _ in range(6):
+        run_and_kill(ptb, killed, Kill(after_lines=rng.randint(4, 9)), rng)
+    left = writes_left(killed, windows)
+    run_and_kill(ptb, killed, Kill(in_save=left - 1), rng)  # writing best.safetensors
+    run_and_kill(ptb, killed, Kill(in_save=2), rng)  # then writing model.safetensors
+    finish(ptb, killed)
+    check_reference(reference, straight)
+    assert_same_run(straight, killed)
