@@ -6,6 +6,7 @@ Both run in this one process, interleaved (A B A B ...) after warm-up, so a nois
 machine slows both alike; we report medians and the ratio of medians. One JSON line per preset.
 
     python bench/throughput.py --presets small medium --data-dir ../shared/data/ptb
+    python bench/throughput.py --presets small --cells lstm gru --data-dir ../shared/data/ptb
 """
 
 from __future__ import annotations
@@ -24,35 +25,48 @@ from torch import nn
 
 from lstmkit.config import apply_overrides, preset
 from lstmkit.data.batching import batch_rows, bptt_windows
+from lstmkit.device import cpu_has_native_bf16, resolve_precision
+from lstmkit.evaluate import STREAM_NUM_STEPS
 from lstmkit.models.lm import build_language_model
 from lstmkit.models.recurrent import detach_state
 
+RNN_MODULES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+
 
 class HandWrittenLM(nn.Module):
-    def __init__(self, vocab_size: int, hidden: int, layers: int, dropout: float) -> None:
+    def __init__(self, vocab_size: int, hidden: int, layers: int, dropout: float,
+                 cell: str = "lstm") -> None:
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, hidden)
-        self.lstm = nn.LSTM(hidden, hidden, layers, dropout=dropout, batch_first=True)
+        self.rnn = RNN_MODULES[cell](hidden, hidden, layers, dropout=dropout, batch_first=True)
         self.drop = nn.Dropout(dropout)
         self.fc = nn.Linear(hidden, vocab_size)
 
     def forward(self, x, state):
-        out, state = self.lstm(self.drop(self.embedding(x)), state)
+        out, state = self.rnn(self.drop(self.embedding(x)), state)
         return self.fc(self.drop(out)), state
 
 
 def baseline_runner(config, vocab_size):
-    model = HandWrittenLM(vocab_size, config.hidden_size, config.num_layers, 1 - config.keep_prob)
+    model = HandWrittenLM(vocab_size, config.hidden_size, config.num_layers, 1 - config.keep_prob,
+                          config.cell)
     for p in model.parameters():
         nn.init.uniform_(p, -config.init_scale, config.init_scale)
     opt = torch.optim.SGD(model.parameters(), lr=config.learning_rate)
-    shape = (config.num_layers, config.batch_size, config.hidden_size)
-    state = [(torch.zeros(shape), torch.zeros(shape))]
+
+    def zeros(rows):  # (h, c) for an LSTM, h alone for GRU and RNN
+        shape = (config.num_layers, rows, config.hidden_size)
+        return (torch.zeros(shape), torch.zeros(shape)) if config.cell == "lstm" else \
+            torch.zeros(shape)
+
+    def detached(s):
+        return tuple(t.detach() for t in s) if isinstance(s, tuple) else s.detach()
+
+    state = [zeros(config.batch_size)]
 
     def train_step(x, y):
         model.train()
-        h, c = state[0]
-        logits, new = model(x, (h.detach(), c.detach()))
+        logits, new = model(x, detached(state[0]))
         loss = F.cross_entropy(logits.reshape(-1, vocab_size), y.reshape(-1)) * config.num_steps
         opt.zero_grad()
         loss.backward()
@@ -65,8 +79,7 @@ def baseline_runner(config, vocab_size):
     def eval_step(x, y, carried):
         model.eval()
         if carried is None:
-            shape_e = (config.num_layers, x.size(0), config.hidden_size)
-            carried = (torch.zeros(shape_e), torch.zeros(shape_e))
+            carried = zeros(x.size(0))
         logits, carried = model(x, carried)
         F.cross_entropy(logits.reshape(-1, vocab_size), y.reshape(-1), reduction="sum").item()
         return carried
@@ -133,8 +146,9 @@ def timed_eval(step, windows) -> float:
     return words / (time.perf_counter() - start)
 
 
-def bench_preset(name, args, ids, vocab_size) -> dict:
-    config = apply_overrides(preset(name), {"precision": args.precision}, "bench")
+def bench_preset(name, cell, args, ids, vocab_size) -> dict:
+    config = apply_overrides(preset(name), {"precision": args.precision, "cell": cell}, "bench")
+    resolved = resolve_precision(config.precision, torch.device("cpu"))
     torch.manual_seed(0)
     runners = {"lstmkit": lstmkit_runner(config, vocab_size),
                "baseline": baseline_runner(config, vocab_size)}
@@ -142,27 +156,36 @@ def bench_preset(name, args, ids, vocab_size) -> dict:
     windows = list(bptt_windows(rows, config.num_steps))
     eval_rows = batch_rows(ids, config.eval_batch_size)
     eval_windows = list(bptt_windows(eval_rows, config.eval_num_steps))
+    # The batch-1 test stream, in lstmkit's chunks for both (the chunk length sets only speed).
+    stream_windows = list(bptt_windows(batch_rows(ids[:20_001], 1), STREAM_NUM_STEPS))
     n, ne = args.steps, max(args.steps // 2, 1)
     train = {k: [] for k in runners}
     evals = {k: [] for k in runners}
+    streams = {k: [] for k in runners}
     for train_step, eval_step in runners.values():  # warm-up
         timed_train(train_step, windows[:args.warmup])
         timed_eval(eval_step, eval_windows[:args.warmup])
+        timed_eval(eval_step, stream_windows[:args.warmup])
     for rep in range(args.repeats):
         chunk = windows[(rep * n) % max(len(windows) - n, 1):][:n]
         echunk = eval_windows[(rep * ne) % max(len(eval_windows) - ne, 1):][:ne]
         for who, (train_step, eval_step) in runners.items():
             train[who].append(timed_train(train_step, chunk))
             evals[who].append(timed_eval(eval_step, echunk))
+            streams[who].append(timed_eval(eval_step, stream_windows[:args.steps]))
     med = {k: statistics.median(v) for k, v in train.items()}
     emed = {k: statistics.median(v) for k, v in evals.items()}
+    smed = {k: statistics.median(v) for k, v in streams.items()}
     return {
-        "preset": name, "precision": config.precision,
+        "preset": name, "cell": cell, "precision": resolved,
         "train_words_per_sec": {k: round(v) for k, v in med.items()},
         "train_ratio": round(med["lstmkit"] / med["baseline"], 2),
         "eval_words_per_sec": {k: round(v) for k, v in emed.items()},
         "eval_ratio": round(emed["lstmkit"] / emed["baseline"], 2),
         "eval_shape": f"batch {config.eval_batch_size} x {config.eval_num_steps} steps",
+        "stream_words_per_sec": {k: round(v) for k, v in smed.items()},
+        "stream_ratio": round(smed["lstmkit"] / smed["baseline"], 2),
+        "stream_shape": f"batch 1 x {STREAM_NUM_STEPS} steps",
         "repeats": args.repeats, "steps_per_repeat": n,
         "machine": machine(),
     }
@@ -175,7 +198,10 @@ def machine() -> dict:
             cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
     except (OSError, StopIteration):
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+    isa = ("avx512" if torch.cpu._is_avx512_supported() else
+           "avx2" if torch.cpu._is_avx2_supported() else "other")
+    return {"cpu": cpu, "isa": isa, "native_bf16": cpu_has_native_bf16(),
+            "cores": os.cpu_count(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version()}
 
 
@@ -183,14 +209,18 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--presets", nargs="+", default=["small", "medium"])
     p.add_argument("--data-dir", default=os.environ.get("LSTMKIT_DATA"))
-    p.add_argument("--precision", default="bf16")
+    p.add_argument("--precision", default="auto",
+                   help="lstmkit's precision (auto: bf16 where the CPU has native bf16)")
+    p.add_argument("--cells", nargs="+", default=["lstm"], choices=sorted(RNN_MODULES),
+                   help="recurrent cell (the baseline uses the same PyTorch module)")
     p.add_argument("--steps", type=int, default=30, help="training windows per repetition")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=5)
     args = p.parse_args(argv)
     ids, vocab_size = corpus(args.data_dir)
     for name in args.presets:
-        print(json.dumps(bench_preset(name, args, ids, vocab_size)), flush=True)
+        for cell in args.cells:
+            print(json.dumps(bench_preset(name, cell, args, ids, vocab_size)), flush=True)
     return 0
 
 

@@ -55,3 +55,53 @@ def test_under_cpu_autocast_products_run_in_bf16():
     assert mixed.dtype == torch.float32
     assert mixed.item() != exact.item()  # bf16 rounding shows ...
     assert mixed.item() == pytest.approx(exact.item(), rel=1e-2)  # ... but stays close
+
+
+def _kernel_or_skip():
+    from lstmkit import kernels
+    kernel = kernels.softmax_xent()
+    if kernel is None:
+        pytest.skip("native kernel unavailable here (no compiler, not Linux, or "
+                    "LSTMKIT_KERNELS=0): the plain path is the one in use")
+    return kernel
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("vocab", [7, 101, 10_000])  # tails of the 8- and 16-lane loops
+def test_native_kernel_equals_the_plain_torch_contract(dtype, vocab):
+    """The C++ row kernel (AVX-512, AVX2 or scalar, whichever this CPU built) against
+    plain_softmax_xent_: NLL within 2e-6 relative; the softmax - onehot it writes in place
+    within 1e-5 relative in fp32 (another exp, another summation order over 10k terms) and
+    within two bf16 roundings (a value at a rounding boundary may land on either side);
+    the bias gradient within 1e-5."""
+    from lstmkit.models.softmax import plain_softmax_xent_
+    kernel = _kernel_or_skip()
+    g = torch.Generator().manual_seed(vocab)
+    logits = (torch.randn(37, vocab, generator=g) * 4).to(dtype)
+    bias = torch.randn(vocab, generator=g)
+    targets = torch.randint(0, vocab, (37,), generator=g)
+    for want_grad in (False, True):
+        ours, plain = logits.clone(), logits.clone()
+        nll, grad_bias = kernel.softmax_xent_(ours, bias, targets, want_grad)
+        nll_ref, grad_bias_ref = plain_softmax_xent_(plain, bias, targets, want_grad)
+        torch.testing.assert_close(nll, nll_ref, rtol=2e-6, atol=2e-6)
+        if not want_grad:
+            assert ours.equal(logits), "without want_grad the logits stay untouched"
+            continue
+        rtol, atol = (2.0 ** -7, 1e-5) if dtype == torch.bfloat16 else (1e-5, 1e-6)
+        torch.testing.assert_close(ours.float(), plain.float(), rtol=rtol, atol=atol)
+        torch.testing.assert_close(grad_bias, grad_bias_ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_the_plain_path_gives_what_the_kernel_path_gives(dtype, monkeypatch):
+    """linear_cross_entropy with the kernel and with plain PyTorch (as on CUDA or without a
+    compiler): the same loss and gradients."""
+    from lstmkit import kernels
+    _kernel_or_skip()
+    with_kernel = plain_and_fused(dtype, 63)
+    monkeypatch.setitem(kernels._loaded, "softmax_xent", None)
+    without = plain_and_fused(dtype, 63)
+    assert with_kernel[1].item() == pytest.approx(without[1].item(), rel=1e-5)
+    for a, b in zip(with_kernel[3], without[3], strict=True):
+        assert ((a - b).norm() / b.norm()).item() < (1e-5 if dtype == torch.float32 else 1e-2)
