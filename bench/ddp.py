@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import signal
 import statistics
@@ -29,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
+from throughput import machine  # bench/ is on sys.path when run as a script
 
 WAYS = {  # name -> (processes, threads per process)
     "2 processes x 1 thread (torchrun, DDP, gloo)": (2, 1),
@@ -114,17 +113,6 @@ def generated_ptb(directory: Path, tokens: int = 200_000, vocab: int = 10_000) -
     return directory
 
 
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
-            "python": platform.python_version()}
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -158,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         "train_words_per_sec": {name: round(v) for name, v in medians.items()},
         "ratio_ddp_to_threads": round(ddp / alone, 3),
         "all_runs": {name: [round(v) for v in values] for name, values in speeds.items()},
-        "reports_per_run": args.reports, "repeats": args.repeats, "machine": machine(),
+        "reports_per_run": args.reports, "repeats": args.repeats,
+        "machine": {k: v for k, v in machine().items() if k != "threads"},
     }), flush=True)
     return 0
 
