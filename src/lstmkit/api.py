@@ -13,7 +13,7 @@ from lstmkit.data.plaintext import TextCorpus, check_level, encode_text, load_te
 from lstmkit.data.ptb import SPLITS, read_split, resolve_ptb_dir, split_file
 from lstmkit.data.text import read_text
 from lstmkit.device import check_precision, resolve_device
-from lstmkit.distributed import launched_world
+from lstmkit.distributed import rank_console
 from lstmkit.errors import UserError
 from lstmkit.evaluate import Perplexity, perplexity, stream_perplexity
 from lstmkit.reporting import Console
@@ -75,8 +75,7 @@ def train_text(config: LMConfig, level: str | None = None, *,
     `level` defaults to the resumed run's, else "word". On resume, `vocab_size` defaults to the
     size of the run's vocabulary, which rebuilds that vocabulary from the same training text.
     """
-    console = console if launched_world().is_main else Console(enabled=False)  # torchrun
-    console = console or Console()
+    console = rank_console(console)  # silent off rank 0 under torchrun
     saved = _resumable_run(save_path) if resume else None
     if saved is not None:
         if level is not None and check_level(level) != saved.level:

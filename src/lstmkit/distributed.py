@@ -34,6 +34,7 @@ from datetime import timedelta
 import torch
 
 from lstmkit.errors import UserError
+from lstmkit.reporting import Console
 
 TIMEOUT_ENV = "LSTMKIT_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_SECONDS = 300.0
@@ -208,6 +209,14 @@ def timeout_seconds() -> float:
     if not seconds > 0:
         raise UserError(f"{TIMEOUT_ENV} must be a positive number of seconds, got {raw!r}")
     return seconds
+
+
+def rank_console(console: Console | None, world: World | None = None) -> Console:
+    """The console this rank talks on: `console` (or a new one) on rank 0, a silent one on the
+    other ranks, so a data-parallel run prints each line once."""
+    if not (world or launched_world()).is_main:
+        return Console(enabled=False)
+    return console or Console()
 
 
 def rank_label() -> str:

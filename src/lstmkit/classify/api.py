@@ -23,7 +23,7 @@ from lstmkit.classify.runs import load_classifier
 from lstmkit.classify.train import ClassifierResult, train_classifier
 from lstmkit.classify.vectors import vector_dimension
 from lstmkit.device import resolve_device
-from lstmkit.distributed import launched_world
+from lstmkit.distributed import rank_console
 from lstmkit.errors import UserError
 from lstmkit.reporting import Console
 
@@ -49,8 +49,7 @@ def train(config: ClassifierConfig, data: str | Path, save_path: str | Path | No
           valid_data: str | Path | None = None, test_data: str | Path | None = None,
           vectors: str | Path | None = None, text_column: str = "text",
           label_column: str = "label", console: Console | None = None) -> ClassifierResult:
-    console = console if launched_world().is_main else Console(enabled=False)  # torchrun
-    console = console or Console()
+    console = rank_console(console)  # silent off rank 0 under torchrun
     if vectors is not None:
         dimension = vector_dimension(vectors)
         if dimension != config.embed_size:

@@ -32,7 +32,7 @@ from lstmkit.classify.model import SentimentClassifier, build_classifier
 from lstmkit.classify.runs import BEST_FILE, CURVE_FILE, METRICS_FILE, save_classifier
 from lstmkit.classify.vectors import load_word_vectors
 from lstmkit.device import resolve_device
-from lstmkit.distributed import World, joined, launched_world
+from lstmkit.distributed import World, joined, launched_world, rank_console
 from lstmkit.errors import UserError
 from lstmkit.reporting import Console, MetricsLog, plot_epoch_curves
 from lstmkit.runs import prepare_run_dir
@@ -61,11 +61,9 @@ def train_classifier(config: ClassifierConfig, splits: Splits, save_path: str | 
     """
     world = launched_world()
     world.check_divides(config.batch_size)
-    if not world.is_main:
-        console = Console(enabled=False)
+    console = rank_console(console, world)
     with joined(world, resolve_device(config.device)) as world:
-        return _train(config, splits, save_path, vectors_path, split_meta,
-                      console or Console(), world)
+        return _train(config, splits, save_path, vectors_path, split_meta, console, world)
 
 
 def _train(config: ClassifierConfig, splits: Splits, save_path: str | Path | None,

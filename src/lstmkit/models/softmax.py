@@ -6,7 +6,7 @@ softmax, its gradient and two more products in separate passes over memory. Here
 pass makes the logits with one product and turns them, in place, into the loss and
 d loss / d logits = softmax - onehot (on the CPU with one native pass per row, see
 kernels/softmax_xent.cpp); backward is just the two products that remain. The products run in
-`compute_dtype` (bf16 under CPU autocast: several times faster there); log-sum-exp, the loss
+`compute_dtype` (bf16 under CPU autocast: ~2x fp32 on CPUs with native bf16); log-sum-exp, the loss
 and the bias gradient stay in fp32.
 """
 

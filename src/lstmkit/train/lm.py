@@ -20,7 +20,7 @@ from lstmkit.checkpoint import remove_stale_temporaries
 from lstmkit.config import LMConfig
 from lstmkit.data.batching import batch_rows, bptt_windows, epoch_size
 from lstmkit.device import autocast, check_precision, resolve_device, resolve_precision
-from lstmkit.distributed import World, joined, launched_world
+from lstmkit.distributed import World, joined, launched_world, rank_console
 from lstmkit.errors import UserError
 from lstmkit.evaluate import perplexity, stream_perplexity
 from lstmkit.models.lm import LanguageModel, build_language_model
@@ -85,12 +85,11 @@ def train_language_model(config: LMConfig, data: TokenSplits, save_path: str | P
     """
     world = launched_world()
     world.check_divides(config.batch_size)
-    if not world.is_main:
-        console = Console(enabled=False)
+    console = rank_console(console, world)
     device = resolve_device(config.device)
     check_precision(config.precision, device)
     with joined(world, device) as world:
-        return _train(config, data, save_path, resume, console or Console(), world)
+        return _train(config, data, save_path, resume, console, world)
 
 
 def _precision_label(config: LMConfig, device: torch.device) -> str:
