@@ -176,3 +176,20 @@ def test_same_seed_gives_an_identical_metrics_log_and_another_seed_does_not(ptb_
     a, b, c = (_metrics_without_clock(tmp_path / name) for name in "abc")
     assert a == b
     assert a != c
+
+
+def test_bf16_where_it_is_emulated_warns_in_one_line_and_its_checkpoint_evaluates_in_fp32(
+        ptb_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("lstmkit.device.cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr("lstmkit.models.recurrent.cpu_has_native_bf16", lambda: False)
+    run = tmp_path / "run"
+    assert train(ptb_dir, run, "--max-max-epoch", "1", "--precision", "bf16") == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("lstmkit: warning: precision bf16 ")
+
+    evaluate = ["evaluate", "--model", str(run), "--data-dir", str(ptb_dir), "--json"]
+    assert main(evaluate) == 0  # the checkpoint says bf16; this CPU would only crawl in it
+    saved = capsys.readouterr()
+    assert main([*evaluate, "--precision", "fp32"]) == 0
+    assert json.loads(saved.out) == json.loads(capsys.readouterr().out)
+    assert "warning" not in saved.err

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from lstmkit import device as dev
-from lstmkit.errors import UserError
+from lstmkit.cli import _one_line_warnings
+from lstmkit.errors import LstmkitWarning, UserError
 from lstmkit.models.recurrent import make_recurrent, run_recurrent, zero_state
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -41,6 +42,35 @@ def test_explicit_precision_is_kept(native_bf16, explicit):
 def test_fp16_on_the_cpu_is_a_user_error():
     with pytest.raises(UserError, match="fp16 needs a CUDA GPU"):
         dev.check_precision("fp16", CPU)
+
+
+def test_bf16_on_a_cpu_that_emulates_it_warns(native_bf16):
+    native_bf16(False)
+    with pytest.warns(LstmkitWarning, match="emulated, about 20x slower"):
+        dev.check_precision("bf16", CPU)
+
+
+@pytest.mark.parametrize(("precision", "has"), [("bf16", True), ("fp32", False), ("auto", False)])
+def test_no_warning_where_the_precision_is_fast(native_bf16, recwarn, precision, has):
+    native_bf16(has)
+    dev.check_precision(precision, CPU)
+    assert not [w for w in recwarn if issubclass(w.category, LstmkitWarning)]
+
+
+@pytest.mark.parametrize(("saved", "reused"), [("bf16", "auto"), ("fp32", "fp32"),
+                                               ("auto", "auto"), ("fp16", "fp16")])
+def test_a_checkpoint_trained_in_bf16_is_evaluated_in_bf16_only_where_it_is_native(saved,
+                                                                                    reused):
+    assert dev.saved_precision(saved) == reused
+
+
+def test_our_warnings_print_as_one_line_and_others_as_usual(capsys):
+    usual_calls = []
+    show = _one_line_warnings(lambda *args: usual_calls.append(args))
+    show(LstmkitWarning("lstmkit: precision bf16 is slow here"), LstmkitWarning, "f.py", 3)
+    show(UserWarning("from torch"), UserWarning, "t.py", 7)
+    assert capsys.readouterr().err == "lstmkit: warning: precision bf16 is slow here\n"
+    assert len(usual_calls) == 1 and usual_calls[0][2:4] == ("t.py", 7)
 
 
 def test_auto_device_picks_cuda_when_present(monkeypatch):

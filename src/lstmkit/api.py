@@ -12,7 +12,7 @@ from lstmkit.config import LMConfig
 from lstmkit.data.plaintext import TextCorpus, check_level, encode_text, load_text_corpus
 from lstmkit.data.ptb import SPLITS, read_split, resolve_ptb_dir, split_file
 from lstmkit.data.text import read_text
-from lstmkit.device import check_precision, resolve_device
+from lstmkit.device import check_precision, resolve_device, saved_precision
 from lstmkit.distributed import rank_console
 from lstmkit.errors import UserError
 from lstmkit.evaluate import Perplexity, perplexity, stream_perplexity
@@ -43,7 +43,8 @@ def evaluate_ptb(model_path: str | Path, data_dir: str | Path | None, split: str
     else:
         ids = torch.from_numpy(encode_text(loaded.vocab, read_text(path), loaded.level,
                                            str(path))[0])
-    precision = precision or loaded.config.precision
+    precision = precision or saved_precision(loaded.config.precision)
+    check_precision(precision, next(loaded.model.parameters()).device)
     if stream:
         return stream_perplexity(loaded.model, ids, precision)
     return perplexity(loaded.model, ids, batch_size or loaded.config.eval_batch_size,
@@ -167,7 +168,7 @@ class LanguageModelRun:
         Equals `evaluate --stream` on the same text; with `per_line`, each line's share too.
         """
         ids, line_lengths = encode_text(self.vocab, text, self.level, where)
-        precision = precision or self.config.precision
+        precision = precision or saved_precision(self.config.precision)
         check_precision(precision, next(self.model.parameters()).device)
         if ids.size < 2:
             raise UserError(f"{where}: {ids.size} token(s) are too few to score (the first is "

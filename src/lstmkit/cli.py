@@ -11,7 +11,8 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from lstmkit import api
@@ -22,7 +23,7 @@ from lstmkit.data.download import download_ptb
 from lstmkit.data.plaintext import LEVELS
 from lstmkit.data.ptb import SPLITS, resolve_ptb_dir, split_file
 from lstmkit.distributed import lost_contact, rank_label
-from lstmkit.errors import UserError
+from lstmkit.errors import LstmkitWarning, UserError
 from lstmkit.runs import MODEL_FILE, load_lm
 
 EXIT_USER_ERROR = 2
@@ -37,6 +38,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    with warnings.catch_warnings():  # restores the usual display when main returns
+        warnings.showwarning = _one_line_warnings(warnings.showwarning)
+        return _run(argv)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return args.handler(args) or 0
@@ -52,6 +59,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lstmkit: interrupted (the last checkpoint, if any, is intact)", file=sys.stderr)
         return 130
+
+
+def _one_line_warnings(usual: Callable) -> Callable:
+    """Our own warnings as one line on stderr; other libraries' keep their `usual` form."""
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, LstmkitWarning):
+            text = str(message).removeprefix("lstmkit: ")
+            print(f"lstmkit: warning: {rank_label()}{text}", file=sys.stderr)
+        else:
+            usual(message, category, filename, lineno, file, line)
+    return show
 
 
 def build_parser() -> argparse.ArgumentParser:

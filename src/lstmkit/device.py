@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import warnings
 from contextlib import AbstractContextManager
 
 import torch
 
-from lstmkit.errors import UserError
+from lstmkit.errors import LstmkitWarning, UserError
 
 
 def resolve_device(name: str) -> torch.device:
@@ -24,8 +25,8 @@ def resolve_device(name: str) -> torch.device:
 def cpu_has_native_bf16() -> bool:
     """AVX-512 BF16 or AMX: only there do bf16 products beat fp32 (measured: ~2x on Zen 4).
 
-    Elsewhere (AVX2 CPUs such as Zen 3) bf16 is emulated, slower than fp32, and oneDNN has no
-    bf16 LSTM primitive at all.
+    Elsewhere (AVX2 CPUs such as Zen 3) bf16 products are emulated: 10-100x slower than fp32
+    (`bench/gemm.py`), and oneDNN has no bf16 LSTM primitive at all.
     """
     cpu = torch.cpu
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
@@ -43,8 +44,21 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def check_precision(precision: str, device: torch.device) -> None:
+    """Refuses what cannot run here; warns about bf16 where it can only crawl."""
     if precision == "fp16" and device.type != "cuda":
         raise UserError("precision fp16 needs a CUDA GPU; on the CPU use bf16 or fp32")
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        warnings.warn("lstmkit: precision bf16 on a CPU without native bf16 products "
+                      "(AVX512-BF16 or AMX) is emulated, about 20x slower than fp32 for training "
+                      "(measured on a Zen 3); --precision auto or fp32 uses fp32 here",
+                      LstmkitWarning, stacklevel=2)
+
+
+def saved_precision(precision: str) -> str:
+    """The precision to reuse a checkpoint with when the user names none: the one it was
+    trained with, but bf16 only where bf16 is native: it was chosen for speed, which a CPU
+    that emulates bf16 cannot give."""
+    return "auto" if precision == "bf16" else precision
 
 
 def autocast(precision: str, device: torch.device) -> AbstractContextManager:

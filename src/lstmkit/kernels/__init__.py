@@ -25,6 +25,8 @@ from types import ModuleType
 
 import torch
 
+from lstmkit.errors import LstmkitWarning
+
 _SOURCE_DIR = Path(__file__).parent
 _loaded: dict[str, ModuleType | None] = {}
 
@@ -54,7 +56,7 @@ def _build_and_import(name: str) -> ModuleType | None:
         return _import(module_name, library)
     except (OSError, subprocess.CalledProcessError, ImportError) as exc:
         warnings.warn(f"lstmkit: native kernel {name} unavailable ({_first_line(exc)}); "
-                      "using the plain PyTorch path", RuntimeWarning, stacklevel=3)
+                      "using the plain PyTorch path", LstmkitWarning, stacklevel=3)
         return None
 
 
