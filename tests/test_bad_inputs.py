@@ -93,11 +93,23 @@ CASES = {
                                  "config field on_nan must be one of stop, rollback"),
     "rollback without a run dir": Bad("train --data-dir {ptb} --on-nan rollback " + " ".join(LM),
                                       "on_nan rollback needs a save path (--save-path)"),
+    "a fresh run over a trained model": Bad(
+        "train --data-dir {ptb} --save-path {lm} " + " ".join(LM),
+        "{lm}/model.safetensors: a trained model is already there; --resume continues its "
+        "run, --overwrite replaces it"),
+    "resume and overwrite at once": Bad(
+        "train --data-dir {ptb} --save-path {lm} --resume --overwrite",
+        "--resume continues the run in --save-path and --overwrite replaces it"),
+    "classify: a fresh run over a trained model": Bad(
+        "classify train --data {mr} --save-path {clf} " + " ".join(CLASSIFIER),
+        "{clf}/best.safetensors: a trained model is already there; --overwrite replaces it"),
+    # With --overwrite, a mistake found before training still leaves the old model intact.
     "windows longer than the data": Bad(
-        "train --data-dir {ptb} --save-path {lm} --num-steps 100000",
+        "train --data-dir {ptb} --save-path {lm} --overwrite --num-steps 100000",
         "training data (320 tokens) is too short for batch_size 20 x num_steps 100000"),
     "eval rows longer than valid": Bad(
-        "train --data-dir {ptb} --save-path {lm} --eval-batch-size 1000 " + " ".join(LM),
+        "train --data-dir {ptb} --save-path {lm} --overwrite --eval-batch-size 1000 "
+        + " ".join(LM),
         "valid data (320 tokens) is too short for eval_batch_size 1000"),
     "evaluate split that is not one": Bad("evaluate --model {lm} --data-dir {ptb} --split dev",
                                           "argument --split: invalid choice: 'dev'"),

@@ -193,3 +193,15 @@ def test_bf16_where_it_is_emulated_warns_in_one_line_and_its_checkpoint_evaluate
     assert main([*evaluate, "--precision", "fp32"]) == 0
     assert json.loads(saved.out) == json.loads(capsys.readouterr().out)
     assert "warning" not in saved.err
+
+
+def test_overwrite_starts_afresh_where_a_plain_rerun_is_refused(ptb_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train(ptb_dir, run, "--max-max-epoch", "1") == 0
+    first = (run / "model.safetensors").read_bytes()
+    assert train(ptb_dir, run, "--max-max-epoch", "1", "--seed", "1") == 2
+    assert "a trained model is already there" in capsys.readouterr().err
+    assert (run / "model.safetensors").read_bytes() == first
+    assert train(ptb_dir, run, "--max-max-epoch", "1", "--seed", "1", "--overwrite") == 0
+    assert (run / "model.safetensors").read_bytes() != first
+    assert (run / "metrics.jsonl").read_text().count('"event": "epoch"') == 1

@@ -23,12 +23,13 @@ from lstmkit.vocab import EOS
 
 
 def train_ptb(config: LMConfig, data_dir: str | Path | None, save_path: str | Path | None,
-              resume: bool = False, console: Console | None = None) -> TrainResult:
+              resume: bool = False, console: Console | None = None,
+              overwrite: bool = False) -> TrainResult:
     """PTB's three files as word-level text: the same path `lstmkit train --data-dir` takes."""
     ptb = resolve_ptb_dir(data_dir)
     files = {f"{split}_file": split_file(ptb, split) for split in SPLITS}
     return train_text(config, "word", **files, save_path=save_path, resume=resume,
-                      console=console)
+                      console=console, overwrite=overwrite)
 
 
 def evaluate_ptb(model_path: str | Path, data_dir: str | Path | None, split: str = "test",
@@ -70,8 +71,12 @@ def train_text(config: LMConfig, level: str | None = None, *,
                data_file: str | Path | None = None, train_file: str | Path | None = None,
                valid_file: str | Path | None = None, test_file: str | Path | None = None,
                vocab_size: int | None = None, save_path: str | Path | None = None,
-               resume: bool = False, console: Console | None = None) -> TrainResult:
+               resume: bool = False, console: Console | None = None,
+               overwrite: bool = False) -> TrainResult:
     """Train a word- or char-level model on plain text (see `load_text_splits`).
+
+    A fresh run (no `resume`) refuses a `save_path` that holds a trained model unless
+    `overwrite`.
 
     `level` defaults to the resumed run's, else "word". On resume, `vocab_size` defaults to the
     size of the run's vocabulary, which rebuilds that vocabulary from the same training text.
@@ -91,7 +96,8 @@ def train_text(config: LMConfig, level: str | None = None, *,
                 f"{corpus.valid.size:,}, test {corpus.test.size:,} {unit}s; vocabulary "
                 f"{len(corpus.vocab):,}" + (f" (with {corpus.vocab.unk})" if corpus.vocab.unk
                                             else ""))
-    return train_language_model(config, _as_splits(corpus), save_path, resume, console)
+    return train_language_model(config, _as_splits(corpus), save_path, resume, console,
+                                overwrite)
 
 
 def _resumable_run(save_path: str | Path | None) -> LoadedLM | None:

@@ -109,6 +109,9 @@ def _add_train(commands) -> None:
     p.add_argument("--save-path", help="run directory for checkpoints, metrics and the curve")
     p.add_argument("--resume", action="store_true",
                    help=f"continue the run in --save-path from its {MODEL_FILE}")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in a --save-path that holds a trained model, "
+                        "replacing it (without this, that is refused)")
     fields = p.add_argument_group("config fields (override preset and config file)")
     for name in field_names():
         fields.add_argument(f"--{name.replace('_', '-')}", dest=f"field_{name}",
@@ -131,12 +134,15 @@ def _train(args: argparse.Namespace) -> int:
         ptb = resolve_ptb_dir(data_dir)
         files = {f"{split}_file": split_file(ptb, split) for split in SPLITS}
     api.train_text(config, args.level, **files, vocab_size=args.vocab_size,
-                   save_path=args.save_path, resume=args.resume)
+                   save_path=args.save_path, resume=args.resume, overwrite=args.overwrite)
     return 0
 
 
 def _train_config(args: argparse.Namespace) -> LMConfig:
     if args.resume:
+        if args.overwrite:
+            raise UserError("--resume continues the run in --save-path and --overwrite "
+                            "replaces it: give one of them")
         if not args.save_path:
             raise UserError("--resume needs --save-path (the run directory to continue)")
         config = load_lm(args.save_path).config  # the run's own config, then overrides

@@ -63,6 +63,18 @@ class LoadedLM:
                             f"from it ({err})") from None
 
 
+def refuse_to_replace(save_path: str | Path | None, model_file: str, overwrite: bool,
+                      resumable: bool) -> None:
+    """A fresh run in a directory that holds a trained model would delete it at once: refused
+    unless the user says --overwrite (checked before any file is touched)."""
+    model = Path(save_path) / model_file if save_path is not None else None
+    if overwrite or model is None or not model.exists():
+        return
+    resume = "--resume continues its run, " if resumable else ""
+    raise UserError(f"{model}: a trained model is already there; {resume}--overwrite replaces "
+                    f"it, or choose another --save-path")
+
+
 def prepare_run_dir(path: str | Path) -> Path:
     """Create the run directory and prove it is writable before any training time is spent."""
     path = Path(path)

@@ -48,7 +48,8 @@ def load_splits(config: ClassifierConfig, data: str | Path, valid_data: str | Pa
 def train(config: ClassifierConfig, data: str | Path, save_path: str | Path | None,
           valid_data: str | Path | None = None, test_data: str | Path | None = None,
           vectors: str | Path | None = None, text_column: str = "text",
-          label_column: str = "label", console: Console | None = None) -> ClassifierResult:
+          label_column: str = "label", console: Console | None = None,
+          overwrite: bool = False) -> ClassifierResult:
     console = rank_console(console)  # silent off rank 0 under torchrun
     if vectors is not None:
         dimension = vector_dimension(vectors)
@@ -56,7 +57,7 @@ def train(config: ClassifierConfig, data: str | Path, save_path: str | Path | No
             console.say(f"note: embed_size set to {dimension}, the dimension of {vectors}")
             config = dataclasses.replace(config, embed_size=dimension)
     splits, meta = load_splits(config, data, valid_data, test_data, text_column, label_column)
-    return train_classifier(config, splits, save_path, vectors, meta, console)
+    return train_classifier(config, splits, save_path, vectors, meta, console, overwrite)
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,8 @@ def _add_train(sub) -> None:
     p.add_argument("--recipe", default="default", choices=tuple(RECIPES),
                    help="default: best valid accuracy on MR; tutorial: MSE + Adadelta")
     p.add_argument("--save-path", help="run directory for best.safetensors, metrics, curve")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the model already in --save-path (without this, refused)")
     fields = p.add_argument_group("config fields (override the recipe)")
     for name in field_names():
         fields.add_argument(f"--{name.replace('_', '-')}", dest=f"field_{name}", default=None,
@@ -73,7 +75,7 @@ def _train(args: argparse.Namespace) -> int:
                              if getattr(args, f"field_{name}") is not None}
     config = apply_overrides(recipe(args.recipe), flags, "command line")
     api.train(config, args.data, args.save_path, args.valid_data, args.test_data, args.vectors,
-              args.text_column, args.label_column)
+              args.text_column, args.label_column, overwrite=args.overwrite)
     return 0
 
 

@@ -35,7 +35,7 @@ from lstmkit.device import resolve_device
 from lstmkit.distributed import World, joined, launched_world, rank_console
 from lstmkit.errors import UserError
 from lstmkit.reporting import Console, MetricsLog, plot_epoch_curves
-from lstmkit.runs import prepare_run_dir
+from lstmkit.runs import prepare_run_dir, refuse_to_replace
 from lstmkit.vocab import Vocab
 
 
@@ -52,7 +52,8 @@ class ClassifierResult:
 
 def train_classifier(config: ClassifierConfig, splits: Splits, save_path: str | Path | None,
                      vectors_path: str | Path | None = None, split_meta: dict | None = None,
-                     console: Console | None = None) -> ClassifierResult:
+                     console: Console | None = None, overwrite: bool = False
+                     ) -> ClassifierResult:
     """Train on `splits.train`, keep the best epoch on `splits.valid`, score it on `splits.test`.
 
     `split_meta` (saved in the checkpoint) lets `evaluate` re-make a seeded split.
@@ -62,6 +63,7 @@ def train_classifier(config: ClassifierConfig, splits: Splits, save_path: str | 
     world = launched_world()
     world.check_divides(config.batch_size)
     console = rank_console(console, world)
+    refuse_to_replace(save_path, BEST_FILE, overwrite, resumable=False)
     with joined(world, resolve_device(config.device)) as world:
         return _train(config, splits, save_path, vectors_path, split_meta, console, world)
 

@@ -36,6 +36,7 @@ from lstmkit.runs import (
     carried_state,
     load_lm,
     prepare_run_dir,
+    refuse_to_replace,
     restore_optimizer,
     restore_rng,
     save_lm_checkpoint,
@@ -77,7 +78,8 @@ class NonFiniteLoss(UserError):
 
 
 def train_language_model(config: LMConfig, data: TokenSplits, save_path: str | Path | None,
-                         resume: bool = False, console: Console | None = None) -> TrainResult:
+                         resume: bool = False, console: Console | None = None,
+                         overwrite: bool = False) -> TrainResult:
     """Train, checkpointing into `save_path`; data-parallel when launched by torchrun.
 
     Under torchrun every rank runs this with the same arguments (see distributed.py): each
@@ -88,6 +90,8 @@ def train_language_model(config: LMConfig, data: TokenSplits, save_path: str | P
     console = rank_console(console, world)
     device = resolve_device(config.device)
     check_precision(config.precision, device)
+    if not resume:
+        refuse_to_replace(save_path, MODEL_FILE, overwrite, resumable=True)
     with joined(world, device) as world:
         return _train(config, data, save_path, resume, console, world)
 
