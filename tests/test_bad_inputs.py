@@ -95,14 +95,28 @@ CASES = {
                                       "on_nan rollback needs a save path (--save-path)"),
     "a fresh run over a trained model": Bad(
         "train --data-dir {ptb} --save-path {lm} " + " ".join(LM),
-        "{lm}/model.safetensors: a trained model is already there; --resume continues its "
-        "run, --overwrite replaces it"),
+        "{lm}: already holds a run (model.safetensors, best.safetensors, metrics.jsonl); "
+        "--resume continues it, --overwrite replaces it"),
+    "a language model into a classifier's run": Bad(
+        "train --data-dir {ptb} --save-path {clf} " + " ".join(LM),
+        "{clf}: already holds a run (best.safetensors, metrics.jsonl); --resume continues "
+        "it, --overwrite replaces it"),
     "resume and overwrite at once": Bad(
         "train --data-dir {ptb} --save-path {lm} --resume --overwrite",
         "--resume continues the run in --save-path and --overwrite replaces it"),
     "classify: a fresh run over a trained model": Bad(
         "classify train --data {mr} --save-path {clf} " + " ".join(CLASSIFIER),
-        "{clf}/best.safetensors: a trained model is already there; --overwrite replaces it"),
+        "{clf}: already holds a run (best.safetensors, metrics.jsonl); --overwrite replaces "
+        "it"),
+    "classify: a classifier into a language model's run": Bad(
+        "classify train --data {mr} --save-path {lm} " + " ".join(CLASSIFIER),
+        "{lm}: already holds a run (model.safetensors, best.safetensors, metrics.jsonl); "
+        "--overwrite replaces it"),
+    "a seed beyond 2**63": Bad(
+        "train --data-dir {ptb} --seed 99999999999999999999999 " + " ".join(LM),
+        "config field seed must be in [0, 2**63), got 99999999999999999999999"),
+    "classify: a negative seed": Bad("classify train --data {mr} --seed -1 " + " ".join(CLASSIFIER),
+                                     "config field seed must be in [0, 2**63), got -1"),
     # With --overwrite, a mistake found before training still leaves the old model intact.
     "windows longer than the data": Bad(
         "train --data-dir {ptb} --save-path {lm} --overwrite --num-steps 100000",
@@ -172,6 +186,13 @@ CASES = {
     "resume on other data": Bad("train --resume --save-path {lm} --data-dir {other_ptb}",
                                 "the checkpoint's vocabulary (8 tokens) does not match the "
                                 "data's (4 tokens)"),
+    "resume with another hidden size": Bad(
+        "train --resume --save-path {lm} --data-dir {ptb} --hidden-size 16",
+        "{lm}/model.safetensors: the run trains with hidden_size 8; it cannot resume with "
+        "hidden_size 16"),
+    "resume with another batch shape": Bad(
+        "train --resume --save-path {lm} --data-dir {ptb} --num-steps 7",
+        "the run trains with num_steps 5; it cannot resume with num_steps 7"),
     "resume a char run at word level": Bad(
         "train --resume --save-path {char_lm} --level word --data-file {w}/play.txt",
         "the run is char-level; cannot resume it at the word level"),
@@ -283,7 +304,11 @@ def simulate(fault: str, monkeypatch: pytest.MonkeyPatch) -> None:
     if fault == "checkpoint":
         monkeypatch.setattr("lstmkit.checkpoint.os.fsync", no_space)
     elif fault == "metrics":
-        monkeypatch.setattr("lstmkit.reporting.open", no_space, raising=False)
+        def no_space_to_write(path, mode="r", *args, **kwargs):
+            if mode.startswith("r") and "+" not in mode:
+                return open(path, mode, *args, **kwargs)
+            raise NO_SPACE
+        monkeypatch.setattr("lstmkit.reporting.open", no_space_to_write, raising=False)
 
 
 def snapshot(root: Path) -> dict[str, str]:

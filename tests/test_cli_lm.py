@@ -200,8 +200,58 @@ def test_overwrite_starts_afresh_where_a_plain_rerun_is_refused(ptb_dir, tmp_pat
     assert train(ptb_dir, run, "--max-max-epoch", "1") == 0
     first = (run / "model.safetensors").read_bytes()
     assert train(ptb_dir, run, "--max-max-epoch", "1", "--seed", "1") == 2
-    assert "a trained model is already there" in capsys.readouterr().err
+    assert "already holds a run (model.safetensors" in capsys.readouterr().err
     assert (run / "model.safetensors").read_bytes() == first
     assert train(ptb_dir, run, "--max-max-epoch", "1", "--seed", "1", "--overwrite") == 0
     assert (run / "model.safetensors").read_bytes() != first
     assert (run / "metrics.jsonl").read_text().count('"event": "epoch"') == 1
+
+
+def test_a_metrics_log_changed_since_the_checkpoint_stops_resume_until_moved_away(
+        ptb_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train(ptb_dir, run, "--max-max-epoch", "1") == 0
+    (run / "metrics.jsonl").write_text("")  # emptied by hand: once padded with NUL bytes
+    resume = ["train", "--resume", "--save-path", str(run), "--data-dir", str(ptb_dir),
+              "--max-max-epoch", "2"]
+    assert main(resume) == 2
+    assert capsys.readouterr().err.startswith(
+        f"lstmkit: error: {run / 'metrics.jsonl'}: does not match the checkpoint")
+    assert (run / "metrics.jsonl").read_text() == ""
+    (run / "metrics.jsonl").unlink()
+    assert main(resume) == 0
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if r["event"] == "epoch"] == [2]
+
+
+def _lstmkit(*args, **popen):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "lstmkit", *map(str, args)], env=env,
+                            stderr=subprocess.PIPE, text=True, **popen)
+
+
+def test_training_outlives_a_reader_that_goes_away(ptb_dir, tmp_path):
+    run = tmp_path / "run"
+    proc = _lstmkit("train", *FAST, "--max-max-epoch", "2", "--data-dir", ptb_dir,
+                    "--save-path", run, stdout=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()  # `lstmkit train ... | head -1`
+    assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    assert "Traceback" not in proc.stderr.read()
+    assert load_lm(run).progress.epoch == 3, "both epochs trained and checkpointed"
+
+
+def test_output_to_a_closed_pipe_or_a_full_disk_is_one_line_at_most(ptb_dir, tmp_path):
+    run = tmp_path / "run"
+    assert train(ptb_dir, run, "--max-max-epoch", "1") == 0
+    text = ptb_dir / "ptb.train.txt"
+    proc = _lstmkit("score", "--model", run, "--per-line", text, stdout=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()  # `lstmkit score ... | head -1`
+    assert proc.wait(timeout=120) == 0 and proc.stderr.read() == ""
+    if os.path.exists("/dev/full"):
+        with open("/dev/full", "w") as full:
+            proc = _lstmkit("score", "--model", run, text, stdout=full)
+            assert proc.wait(timeout=120) == 2
+            assert proc.stderr.read() == ("lstmkit: error: cannot write the output (No space "
+                                          "left on device)\n")

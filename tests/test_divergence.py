@@ -144,3 +144,12 @@ def test_rollback_of_a_real_divergence_gives_up_with_one_line(ptb_dir, tmp_path,
 def test_rollback_needs_a_run_directory(ptb_dir):
     with pytest.raises(UserError, match=r"on_nan rollback needs a save path \(--save-path\)"):
         api.train_ptb(config(on_nan="rollback"), ptb_dir, None, console=QUIET)
+
+
+def test_a_run_that_diverges_before_its_first_checkpoint_does_not_claim_one(ptb_dir, tmp_path,
+                                                                            capsys, monkeypatch):
+    nan_loss_at(monkeypatch, 2)
+    assert main(["train", *FAST, "--data-dir", str(ptb_dir), "--save-path",
+                 str(tmp_path / "run")]) == 2
+    assert "epoch 1, step 2; this run had written no checkpoint yet (try a lower" in (
+        capsys.readouterr().err)

@@ -8,8 +8,8 @@ others prints one line and exits with status 1 (torchrun then stops the rest).
 from __future__ import annotations
 
 import argparse
+import errno
 import json
-import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -24,6 +24,7 @@ from lstmkit.data.plaintext import LEVELS
 from lstmkit.data.ptb import SPLITS, resolve_ptb_dir, split_file
 from lstmkit.distributed import lost_contact, rank_label
 from lstmkit.errors import LstmkitWarning, UserError
+from lstmkit.reporting import discard_output
 from lstmkit.runs import MODEL_FILE, load_lm
 
 EXIT_USER_ERROR = 2
@@ -59,6 +60,15 @@ def _run(argv: Sequence[str] | None) -> int:
     except KeyboardInterrupt:
         print("lstmkit: interrupted (the last checkpoint, if any, is intact)", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `lstmkit score ... | head`: the reader has all it wants
+        discard_output(sys.stdout)
+        return 0
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        discard_output(sys.stdout)  # stdout on a full disk (files are checked where written)
+        print(f"lstmkit: error: cannot write the output ({err.strerror})", file=sys.stderr)
+        return EXIT_USER_ERROR
 
 
 def _one_line_warnings(usual: Callable) -> Callable:
@@ -205,17 +215,13 @@ def _add_sample(commands) -> None:
 def _sample(args: argparse.Namespace) -> int:
     run = api.load(args.model)
     ended_line = True
-    try:
-        for piece in run.generate(args.prime, args.length, args.temperature, args.top_k,
-                                  args.seed):
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-            ended_line = piece.endswith("\n") if piece else ended_line
-        if not ended_line:
-            sys.stdout.write("\n")
-            sys.stdout.flush()
-    except BrokenPipeError:  # `lstmkit sample ... | head`: the reader has all it wants
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    for piece in run.generate(args.prime, args.length, args.temperature, args.top_k, args.seed):
+        sys.stdout.write(piece)
+        sys.stdout.flush()  # a closed pipe (`| head`) ends the command in `main`
+        ended_line = piece.endswith("\n") if piece else ended_line
+    if not ended_line:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
     return 0
 
 

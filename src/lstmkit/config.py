@@ -17,7 +17,7 @@ from typing import Any
 
 from lstmkit.errors import UserError
 from lstmkit.fields import apply_overrides as apply_field_overrides
-from lstmkit.fields import check_choice, check_types
+from lstmkit.fields import check_choice, check_seed, check_types
 
 CELLS = ("lstm", "gru", "rnn")
 OPTIMIZERS = ("sgd", "adam")
@@ -91,6 +91,7 @@ class LMConfig:
         check_choice("precision", self.precision, PRECISIONS)
         check_choice("device", self.device, DEVICES)
         check_choice("on_nan", self.on_nan, ON_NAN)
+        check_seed(self.seed)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -81,3 +81,11 @@ def check_type(name: str, value: Any, annotation: Any) -> None:
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise UserError(f"config field {name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+SEED_LIMIT = 2 ** 63  # torch.manual_seed and numpy both take [0, 2**63)
+
+
+def check_seed(seed: int) -> None:
+    if not 0 <= seed < SEED_LIMIT:
+        raise UserError(f"config field seed must be in [0, 2**63), got {seed}")

@@ -45,6 +45,20 @@ class MetricsLog:
         return self.path.stat().st_size if self.path and self.path.exists() else 0
 
     def truncate_to(self, size: int) -> None:
+        """Rewind to `size` bytes (where a checkpoint was taken) at the next write; a log that
+        is shorter, or has no line ending there, is not the one the checkpoint saw: refused
+        now (before training), rather than padded with zeros or cut inside a record."""
+        if self.path is not None and self.path.exists() and size > 0:
+            try:
+                with open(self.path, "rb") as handle:
+                    handle.seek(size - 1)
+                    at_line_end = handle.read(1) == b"\n"
+            except OSError as err:
+                raise UserError(f"{self.path}: cannot read ({err.strerror})") from None
+            if not at_line_end:
+                raise UserError(f"{self.path}: does not match the checkpoint, which was taken "
+                                f"at byte {size} of it; move the file away to resume with a "
+                                f"new log")
         self.rewind = size
 
 
@@ -56,14 +70,28 @@ class Console:
         self.enabled = enabled
 
     def say(self, line: str) -> None:
-        if self.enabled:
+        if not self.enabled:
+            return
+        try:
             tqdm.write(line, file=self.stream)
             self.stream.flush()
+        except BrokenPipeError:  # the reader (`| head`, a closed `tee`) left: train on, quietly
+            self.enabled = False
+            discard_output(self.stream)
 
     def progress(self, total: int, initial: int, description: str, unit: str = "win") -> tqdm:
         show = self.enabled and sys.stderr.isatty() and not os.environ.get("CI")
         return tqdm(total=total, initial=initial, desc=description, file=sys.stderr,
                     disable=not show, leave=False, unit=unit, dynamic_ncols=True)
+
+
+def discard_output(stream: TextIO) -> None:
+    """Point `stream` at /dev/null, so that what is still buffered for a reader that has gone
+    (a closed pipe) cannot raise again, here or when Python exits."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+    except (OSError, ValueError):  # no file descriptor (a test's StringIO): nothing to do
+        pass
 
 
 def plot_learning_curve(history: Iterable[dict[str, Any]], path: Path, title: str) -> None:

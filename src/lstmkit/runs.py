@@ -28,6 +28,7 @@ MODEL_FILE = "model.safetensors"
 BEST_FILE = "best.safetensors"
 METRICS_FILE = "metrics.jsonl"
 CURVE_FILE = "curve.png"
+RUN_FILES = (MODEL_FILE, BEST_FILE, METRICS_FILE)  # a classifier run: the last two
 KIND_LM = "language_model"
 
 
@@ -63,16 +64,17 @@ class LoadedLM:
                             f"from it ({err})") from None
 
 
-def refuse_to_replace(save_path: str | Path | None, model_file: str, overwrite: bool,
-                      resumable: bool) -> None:
-    """A fresh run in a directory that holds a trained model would delete it at once: refused
-    unless the user says --overwrite (checked before any file is touched)."""
-    model = Path(save_path) / model_file if save_path is not None else None
-    if overwrite or model is None or not model.exists():
+def refuse_to_replace(save_path: str | Path | None, overwrite: bool, resumable: bool) -> None:
+    """A fresh run deletes what a run directory holds, a language model's or a classifier's
+    (they share these names): refused unless the user says --overwrite, before any file is
+    touched."""
+    if overwrite or save_path is None:
         return
-    resume = "--resume continues its run, " if resumable else ""
-    raise UserError(f"{model}: a trained model is already there; {resume}--overwrite replaces "
-                    f"it, or choose another --save-path")
+    held = [name for name in RUN_FILES if (Path(save_path) / name).exists()]
+    if held:
+        resume = "--resume continues it, " if resumable else ""
+        raise UserError(f"{save_path}: already holds a run ({', '.join(held)}); {resume}"
+                        f"--overwrite replaces it, or choose another --save-path")
 
 
 def prepare_run_dir(path: str | Path) -> Path:

@@ -17,7 +17,7 @@ from typing import Any
 from lstmkit.config import CELLS, DEVICES
 from lstmkit.errors import UserError
 from lstmkit.fields import apply_overrides as apply_field_overrides
-from lstmkit.fields import check_choice, check_types
+from lstmkit.fields import check_choice, check_seed, check_types
 
 LOSSES = ("bce", "mse")
 OPTIMIZERS = ("adam", "adadelta")
@@ -55,6 +55,7 @@ class ClassifierConfig:
 
     def __post_init__(self) -> None:
         check_types(self)
+        check_seed(self.seed)
         if not self.layer_sizes or any(size <= 0 for size in self.layer_sizes):
             raise UserError(f"config field layer_sizes must be positive sizes, got "
                             f"{','.join(map(str, self.layer_sizes)) or 'nothing'}")

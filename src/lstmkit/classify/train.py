@@ -63,7 +63,7 @@ def train_classifier(config: ClassifierConfig, splits: Splits, save_path: str | 
     world = launched_world()
     world.check_divides(config.batch_size)
     console = rank_console(console, world)
-    refuse_to_replace(save_path, BEST_FILE, overwrite, resumable=False)
+    refuse_to_replace(save_path, overwrite, resumable=False)
     with joined(world, resolve_device(config.device)) as world:
         return _train(config, splits, save_path, vectors_path, split_meta, console, world)
 

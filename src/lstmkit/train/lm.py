@@ -70,11 +70,16 @@ class NonFiniteLoss(UserError):
     """Training diverged at a step (NaN/inf loss, gradient or weights); nothing was saved
     after it, so the last checkpoint is good."""
 
-    def __init__(self, what: str, epoch: int, step: int) -> None:
+    def __init__(self, what: str, epoch: int, step: int, checkpointed: bool) -> None:
         self.what, self.epoch, self.step = what, epoch, step
-        super().__init__(f"training diverged: {what} at epoch {epoch}, step {step}; the last "
-                         f"checkpoint is intact (try a lower learning_rate or max_grad_norm, "
-                         f"or --on-nan rollback)")
+        kept = ("the last checkpoint is intact" if checkpointed
+                else "this run had written no checkpoint yet")
+        super().__init__(f"training diverged: {what} at epoch {epoch}, step {step}; {kept} "
+                         f"(try a lower learning_rate or max_grad_norm, or --on-nan rollback)")
+
+
+# The weights' shapes, and the windows that the saved position in the epoch counts.
+FIXED_ON_RESUME = ("cell", "num_layers", "hidden_size", "batch_size", "num_steps")
 
 
 def train_language_model(config: LMConfig, data: TokenSplits, save_path: str | Path | None,
@@ -91,7 +96,7 @@ def train_language_model(config: LMConfig, data: TokenSplits, save_path: str | P
     device = resolve_device(config.device)
     check_precision(config.precision, device)
     if not resume:
-        refuse_to_replace(save_path, MODEL_FILE, overwrite, resumable=True)
+        refuse_to_replace(save_path, overwrite, resumable=True)
     with joined(world, device) as world:
         return _train(config, data, save_path, resume, console, world)
 
@@ -217,7 +222,7 @@ def _train_epoch(model: LanguageModel, optimizer: torch.optim.Optimizer, rows: t
             bar.close()  # checked before the step, so a NaN never reaches the weights
             what = (f"loss is {cost_value}" if not math.isfinite(cost_value)
                     else f"gradient norm is {grad_norm}")
-            raise NonFiniteLoss(what, progress.epoch, progress.step + 1)
+            raise NonFiniteLoss(what, progress.epoch, progress.step + 1, save.checkpointed())
         optimizer.step()
         progress.costs += cost_value
         progress.iters += config.num_steps
@@ -238,7 +243,8 @@ def _train_epoch(model: LanguageModel, optimizer: torch.optim.Optimizer, rows: t
             save.checkpoint(progress, carried=detach_state(state), best=False)
     bar.close()
     if not weights_finite(model):  # a finite but huge step can still overflow the weights
-        raise NonFiniteLoss("the weights are not finite", progress.epoch, progress.step)
+        raise NonFiniteLoss("the weights are not finite", progress.epoch, progress.step,
+                            save.checkpointed())
 
 
 def make_optimizer(config: LMConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -310,12 +316,17 @@ class _Saver:
         self.run_dir, self.model, self.optimizer = run_dir, model, optimizer
         self.config, self.data, self.metrics, self.world = config, data, metrics, world
 
+    def checkpointed(self) -> bool:
+        """Whether this run has a checkpoint on disk to fall back to."""
+        return self.run_dir is not None and (self.run_dir / MODEL_FILE).exists()
+
     def checkpoint(self, progress: Progress, carried: tuple[torch.Tensor, ...] | None,
                    best: bool) -> None:
         if self.run_dir is None:
             return
         if not weights_finite(self.model):  # never write a diverged model over a good one
-            raise NonFiniteLoss("the weights are not finite", progress.epoch, progress.step)
+            raise NonFiniteLoss("the weights are not finite", progress.epoch, progress.step,
+                                self.checkpointed())
         if carried is not None:
             carried = self.world.gather_rows(carried)
         rank_rng = self.world.rng_states()
@@ -345,6 +356,11 @@ def _resume(config: LMConfig, data: TokenSplits, run_dir: Path | None, world: Wo
     if loaded.config.optimizer != config.optimizer:
         raise UserError(f"{path}: the run trains with {loaded.config.optimizer}; it cannot "
                         f"resume with optimizer {config.optimizer}")
+    for name in FIXED_ON_RESUME:
+        saved, asked = getattr(loaded.config, name), getattr(config, name)
+        if saved != asked:
+            raise UserError(f"{path}: the run trains with {name} {saved}; it cannot resume "
+                            f"with {name} {asked} (start a new run for that)")
     model = loaded.model
     optimizer = make_optimizer(config, model)
     progress, carried = _restore(loaded, optimizer, config, world, metrics)
