@@ -186,6 +186,25 @@ CASES = {
     "resume on other data": Bad("train --resume --save-path {lm} --data-dir {other_ptb}",
                                 "the checkpoint's vocabulary (8 tokens) does not match the "
                                 "data's (4 tokens)"),
+    "a model too big for memory": Bad(
+        "train --data-dir {ptb} --save-path {w}/huge-run " + " ".join(LM[:2])
+        + " --hidden-size 10000000000",
+        "cannot build the language model from these sizes: it needs "),
+    "a size past 64 bits": Bad(
+        "train --data-dir {ptb} --save-path {w}/huge-run " + " ".join(LM[:2])
+        + " --hidden-size 99999999999999999999",
+        "cannot build the language model from these sizes: a size does not fit in 64 bits"),
+    "classify: a classifier too big for memory": Bad(
+        "classify train --data {mr} --save-path {w}/huge-clf --layer-sizes 100000000",
+        "cannot build the classifier from these sizes: it needs "),
+    "classify: one label only": Bad(
+        "classify train --data {w}/one-class.tsv " + " ".join(CLASSIFIER),
+        "every training text is positive; a classifier needs texts of both labels"),
+    "forget bias nan": Bad("train --data-dir {ptb} --forget-bias nan " + " ".join(LM),
+                           "config field forget_bias must be a finite number, got nan"),
+    "evaluate the stream with a batch size": Bad(
+        "evaluate --model {lm} --data-dir {ptb} --stream --batch-size 3",
+        "--batch-size sets the fast shape; --stream is always one row"),
     "resume with another hidden size": Bad(
         "train --resume --save-path {lm} --data-dir {ptb} --hidden-size 16",
         "{lm}/model.safetensors: the run trains with hidden_size 8; it cannot resume with "
@@ -251,6 +270,7 @@ def world(tmp_path_factory) -> dict[str, Path]:
     paths["ptb"] = vocab_ptb
 
     (w / "empty.txt").write_bytes(b"")
+    (w / "one-class.tsv").write_text("text\tlabel\n" + "a fine film\t1\n" * 30)
     (w / "blank.txt").write_text("\n  \n\t\n")
     (w / "binary.bin").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))
     (w / "binary.tsv").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))

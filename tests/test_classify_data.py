@@ -155,6 +155,9 @@ def test_glove_and_word2vec_text_files_fill_vocabulary_rows(tmp_path):
     bad.write_text("good 1 2 3\nbad 4 5\n", encoding="utf-8")
     with pytest.raises(UserError, match=r"bad\.txt:2: 2 numbers after the word, expected 3$"):
         load_word_vectors(bad, vocab)
+    bad.write_text("good 1 2 3\nbad 4 nan 6\nfilm inf 0 0\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"bad\.txt:2: the vector of 'bad' holds nan or inf$"):
+        load_word_vectors(bad, vocab)
 
 
 def test_movie_review_data_has_5331_texts_per_class_and_a_stable_split():

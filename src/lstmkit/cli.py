@@ -185,6 +185,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if value is not None and args.stream:
+            raise UserError(f"--{name.replace('_', '-')} sets the fast shape; --stream is "
+                            f"always one row (give one of them)")
     result = api.evaluate_ptb(args.model, args.data_dir, args.split, args.batch_size,
                               args.num_steps, args.stream, args.device, args.precision)
     if args.json:

@@ -85,6 +85,9 @@ class LMConfig:
             raise UserError(f"config field keep_prob must be in (0, 1], got {self.keep_prob}")
         check_choice("cell", self.cell, CELLS)
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        if not math.isfinite(self.forget_bias):
+            raise UserError(f"config field forget_bias must be a finite number, got "
+                            f"{self.forget_bias}")
         if self.forget_bias and self.cell != "lstm":
             raise UserError(f"config field forget_bias applies to the lstm cell only "
                             f"(cell is {self.cell}); leave it at 0")

@@ -6,6 +6,11 @@ line and exits with status 2; programming errors still surface as tracebacks.
 """
 
 
+import contextlib
+import re
+from collections.abc import Iterator
+
+
 class UserError(Exception):
     """A user mistake, reported as one readable line (exit status 2 from the CLI)."""
 
@@ -13,3 +18,22 @@ class UserError(Exception):
 class LstmkitWarning(RuntimeWarning):
     """Something works but not as well as it could (a slow precision, a missing kernel); the
     CLI prints it as one line on stderr and goes on."""
+
+
+@contextlib.contextmanager
+def model_fits(what: str) -> Iterator[None]:
+    """Building a model from the user's sizes: one that cannot exist here (out of memory, or
+    sizes past what the library can index) is the user's mistake, said in one line."""
+    try:
+        yield
+    except (RuntimeError, MemoryError, OverflowError, TypeError) as err:
+        if isinstance(err, TypeError) and "Overflow" not in str(err):
+            raise  # a programming error, not a size (torch says Overflow as a TypeError)
+        wanted = re.search(r"allocate (\d+) bytes", str(err))
+        if wanted:
+            why = f"it needs {int(wanted.group(1)) / 2**30:,.1f} GiB of memory"
+        elif "Overflow" in str(err) or isinstance(err, OverflowError):
+            why = "a size does not fit in 64 bits"
+        else:
+            why = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise UserError(f"cannot build the {what} from these sizes: {why}") from None

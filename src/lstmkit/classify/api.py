@@ -9,6 +9,7 @@ from pathlib import Path
 
 from lstmkit.classify.config import ClassifierConfig
 from lstmkit.classify.data import (
+    POSITIVE,
     LabelledTexts,
     Splits,
     encode_split,
@@ -57,6 +58,10 @@ def train(config: ClassifierConfig, data: str | Path, save_path: str | Path | No
             console.say(f"note: embed_size set to {dimension}, the dimension of {vectors}")
             config = dataclasses.replace(config, embed_size=dimension)
     splits, meta = load_splits(config, data, valid_data, test_data, text_column, label_column)
+    if len(set(splits.train.labels)) < 2:
+        name = "positive" if splits.train.labels[0] == POSITIVE else "negative"
+        raise UserError(f"{splits.train.source}: every training text is {name}; a classifier "
+                        f"needs texts of both labels")
     return train_classifier(config, splits, save_path, vectors, meta, console, overwrite)
 
 

@@ -33,7 +33,7 @@ from lstmkit.classify.runs import BEST_FILE, CURVE_FILE, METRICS_FILE, save_clas
 from lstmkit.classify.vectors import load_word_vectors
 from lstmkit.device import resolve_device
 from lstmkit.distributed import World, joined, launched_world, rank_console
-from lstmkit.errors import UserError
+from lstmkit.errors import UserError, model_fits
 from lstmkit.reporting import Console, MetricsLog, plot_epoch_curves
 from lstmkit.runs import prepare_run_dir, refuse_to_replace
 from lstmkit.vocab import Vocab
@@ -79,7 +79,8 @@ def _train(config: ClassifierConfig, splits: Splits, save_path: str | Path | Non
     train, valid, test = (encode_split(vocab, part, config.lowercase, config.max_length)
                           for part in (splits.train, splits.valid, splits.test))
     torch.manual_seed(config.seed)
-    model = build_classifier(config, len(vocab))
+    with model_fits("classifier"):
+        model = build_classifier(config, len(vocab))
     if vectors_path is not None:
         _load_vectors(model, vectors_path, vocab, console)
     model.to(device)

@@ -71,6 +71,8 @@ def load_word_vectors(path: str | Path, vocab: Vocab, init: torch.Tensor | None 
             except ValueError:
                 raise UserError(f"{path}:{number}: not a number in the vector of "
                                 f"{word!r}") from None
+            if not bool(torch.isfinite(vector).all()):
+                raise UserError(f"{path}:{number}: the vector of {word!r} holds nan or inf")
             weights[index] = vector
             filled.add(index)
             if is_exact:

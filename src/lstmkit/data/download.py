@@ -8,6 +8,7 @@ extracted to a temporary directory and moved into place only after every checksu
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import shutil
 import tarfile
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from lstmkit.errors import UserError
 
+SCRATCH_PREFIX = ".download-"
 PTB_URL = "http://www.fit.vutbr.cz/~imikolov/rnnlm/simple-examples.tgz"
 PTB_MEMBERS = {  # path inside the archive -> SHA-256 of the file
     "./simple-examples/data/ptb.train.txt":
@@ -53,16 +55,24 @@ def download_ptb(dest: str | Path | None = None, url: str = PTB_URL,
     wanted = {Path(name).name: digest for name, digest in members.items()}
     if all((target / n).exists() and sha256_of(target / n) == d for n, d in wanted.items()):
         return target
+    created = not target.exists()
     try:
         target.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"{target}: cannot create download directory ({err.strerror})") from None
-    with tempfile.TemporaryDirectory(dir=target, prefix=".download-") as scratch:
-        archive = Path(scratch) / "archive.tgz"
-        _fetch(url, archive)
-        extracted = _extract_members(archive, members, Path(scratch))
-        for name, path in extracted.items():
-            os.replace(path, target / name)
+    for stale in target.glob(f"{SCRATCH_PREFIX}*"):  # left by a download that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        with tempfile.TemporaryDirectory(dir=target, prefix=SCRATCH_PREFIX) as scratch:
+            archive = Path(scratch) / "archive.tgz"
+            _fetch(url, archive)
+            extracted = _extract_members(archive, members, Path(scratch))
+            for name, path in extracted.items():
+                os.replace(path, target / name)
+    except BaseException:
+        if created and not any(target.iterdir()):
+            target.rmdir()  # a failed first download leaves no empty directory behind
+        raise
     return target
 
 
@@ -70,9 +80,14 @@ def _fetch(url: str, path: Path) -> None:
     try:
         with urllib.request.urlopen(url, timeout=60) as response, open(path, "wb") as out:
             shutil.copyfileobj(response, out)
-    except (urllib.error.URLError, OSError, ValueError) as err:
+            promised = response.headers.get("Content-Length")
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as err:
         reason = getattr(err, "reason", None) or getattr(err, "strerror", None) or err
-        raise UserError(f"{url}: download failed ({reason})") from None
+        raise UserError(f"{url}: download failed ({_first_line(reason)})") from None
+    received = path.stat().st_size
+    if promised is not None and promised.isdigit() and received < int(promised):
+        raise UserError(f"{url}: download incomplete ({received:,} of {int(promised):,} "
+                        f"bytes); nothing was installed, try again")
 
 
 def _extract_members(archive: Path, members: dict[str, str], scratch: Path) -> dict[str, Path]:
@@ -96,5 +111,11 @@ def _extract_members(archive: Path, members: dict[str, str], scratch: Path) -> d
                                     f"not the canonical PTB); nothing was installed")
                 out[path.name] = path
     except (tarfile.TarError, EOFError, OSError) as err:
-        raise UserError(f"{archive.name}: not a readable .tgz archive ({err})") from None
+        raise UserError(f"{archive.name}: not a readable .tgz archive "
+                        f"({_first_line(err)})") from None
     return out
+
+
+def _first_line(err: object) -> str:
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__

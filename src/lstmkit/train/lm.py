@@ -21,7 +21,7 @@ from lstmkit.config import LMConfig
 from lstmkit.data.batching import batch_rows, bptt_windows, epoch_size
 from lstmkit.device import autocast, check_precision, resolve_device, resolve_precision
 from lstmkit.distributed import World, joined, launched_world, rank_console
-from lstmkit.errors import UserError
+from lstmkit.errors import UserError, model_fits
 from lstmkit.evaluate import perplexity, stream_perplexity
 from lstmkit.models.lm import LanguageModel, build_language_model
 from lstmkit.models.recurrent import detach_state
@@ -110,6 +110,10 @@ def _train(config: LMConfig, data: TokenSplits, save_path: str | Path | None, re
            console: Console, world: World) -> TrainResult:
     device = world.device
     windows = _check_fit(config, data, save_path)  # before any file of the run is touched
+    if not resume:  # a model too big for memory is refused before the run directory exists
+        torch.manual_seed(config.seed)
+        with model_fits("language model"):
+            model = build_language_model(config, len(data.vocab)).to(device)
     run_dir = _run_dir(save_path, world)
     metrics = MetricsLog(run_dir / METRICS_FILE if run_dir and world.is_main else None)
 
@@ -118,8 +122,6 @@ def _train(config: LMConfig, data: TokenSplits, save_path: str | Path | None, re
         console.say(f"Resuming {run_dir / MODEL_FILE} at epoch {progress.epoch}, "
                     f"step {progress.step}")
     else:
-        torch.manual_seed(config.seed)
-        model = build_language_model(config, len(data.vocab)).to(device)
         world.seed_replica(config.seed)
         optimizer = make_optimizer(config, model)
         progress, carried = Progress(), None
