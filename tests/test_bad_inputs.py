@@ -186,6 +186,9 @@ CASES = {
     "resume on other data": Bad("train --resume --save-path {lm} --data-dir {other_ptb}",
                                 "the checkpoint's vocabulary (8 tokens) does not match the "
                                 "data's (4 tokens)"),
+    "a save path that is a dangling symlink": Bad(
+        "train --data-dir {ptb} --save-path {w}/dangling " + " ".join(LM),
+        "{w}/dangling: save path is a symlink to {w}/nowhere, which does not exist"),
     "a model too big for memory": Bad(
         "train --data-dir {ptb} --save-path {w}/huge-run " + " ".join(LM[:2])
         + " --hidden-size 10000000000",
@@ -229,6 +232,9 @@ CASES = {
                                          "{broken_run}/model.safetensors: truncated checkpoint"),
     "evaluate a future version": Bad("evaluate --model {w}/v99.safetensors --data-dir {ptb}",
                                      "checkpoint format version 99 is not supported"),
+    "evaluate a classifier's run": Bad("evaluate --model {clf} --data-dir {ptb}",
+                                       "{clf}/best.safetensors: holds a 'classifier', not a "
+                                       "language model"),
     "sample a classifier": Bad("sample --model {clf}/best.safetensors",
                                "{clf}/best.safetensors: holds a 'classifier', not a language "
                                "model"),
@@ -270,6 +276,7 @@ def world(tmp_path_factory) -> dict[str, Path]:
     paths["ptb"] = vocab_ptb
 
     (w / "empty.txt").write_bytes(b"")
+    (w / "dangling").symlink_to(w / "nowhere")
     (w / "one-class.tsv").write_text("text\tlabel\n" + "a fine film\t1\n" * 30)
     (w / "blank.txt").write_text("\n  \n\t\n")
     (w / "binary.bin").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))

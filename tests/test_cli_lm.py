@@ -255,3 +255,17 @@ def test_output_to_a_closed_pipe_or_a_full_disk_is_one_line_at_most(ptb_dir, tmp
             assert proc.wait(timeout=120) == 2
             assert proc.stderr.read() == ("lstmkit: error: cannot write the output (No space "
                                           "left on device)\n")
+
+
+def test_ctrl_c_mentions_checkpoints_only_where_there_are_some(ptb_dir, tmp_path, capsys,
+                                                               monkeypatch):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("lstmkit.cli.download_ptb", interrupt)
+    assert main(["download", "ptb", "--dest", str(tmp_path)]) == 130
+    assert capsys.readouterr().err == "lstmkit: interrupted\n"
+    monkeypatch.setattr("lstmkit.api.train_language_model", interrupt)
+    assert train(ptb_dir, tmp_path / "run") == 130
+    assert capsys.readouterr().err == (
+        "lstmkit: interrupted (the last checkpoint, if any, is intact)\n")

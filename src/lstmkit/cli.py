@@ -45,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(argv: Sequence[str] | None) -> int:
+    args = None
     try:
         args = build_parser().parse_args(argv)
         return args.handler(args) or 0
@@ -58,7 +59,10 @@ def _run(argv: Sequence[str] | None) -> int:
         print(f"lstmkit: error: {lost}", file=sys.stderr)
         return EXIT_LOST_CONTACT
     except KeyboardInterrupt:
-        print("lstmkit: interrupted (the last checkpoint, if any, is intact)", file=sys.stderr)
+        training = "train" in (getattr(args, "command", None),
+                               getattr(args, "classify_command", None))
+        print("lstmkit: interrupted" + (" (the last checkpoint, if any, is intact)" if training
+                                        else ""), file=sys.stderr)
         return 130
     except BrokenPipeError:  # `lstmkit score ... | head`: the reader has all it wants
         discard_output(sys.stdout)

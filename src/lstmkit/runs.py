@@ -82,6 +82,9 @@ def prepare_run_dir(path: str | Path) -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"{path}: save path exists and is not a directory")
+    if path.is_symlink() and not path.exists():
+        raise UserError(f"{path}: save path is a symlink to {path.readlink()}, which does "
+                        f"not exist")
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{uuid.uuid4().hex}"
@@ -95,9 +98,11 @@ def prepare_run_dir(path: str | Path) -> Path:
 def checkpoint_file(model_path: str | Path) -> Path:
     """`--model` may name a run directory (its latest checkpoint) or a checkpoint file."""
     path = Path(model_path)
-    if path.is_dir():
-        return path / MODEL_FILE
-    return path
+    if not path.is_dir():
+        return path
+    latest, best = path / MODEL_FILE, path / BEST_FILE
+    # A classifier's run holds only best.safetensors: loading that one names its kind.
+    return best if best.exists() and not latest.exists() else latest
 
 
 def save_lm_checkpoint(path: Path, model: LanguageModel, config: LMConfig, vocab: Vocab,
