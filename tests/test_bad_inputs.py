@@ -200,6 +200,13 @@ CASES = {
     "classify: a classifier too big for memory": Bad(
         "classify train --data {mr} --save-path {w}/huge-clf --layer-sizes 100000000",
         "cannot build the classifier from these sizes: it needs "),
+    "classify: valid data that is the training data": Bad(
+        "classify train --data {mr} --valid-data {mr} " + " ".join(CLASSIFIER),
+        "{mr}: --valid-data is the training data itself"),
+    "classify: a text column for a directory": Bad(
+        "classify train --data {mr} --text-column review " + " ".join(CLASSIFIER),
+        "{mr}: a directory has no columns; --text-column and --label-column apply to a "
+        ".tsv/.csv file"),
     "classify: one label only": Bad(
         "classify train --data {w}/one-class.tsv " + " ".join(CLASSIFIER),
         "every training text is positive; a classifier needs texts of both labels"),

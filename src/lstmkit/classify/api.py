@@ -34,6 +34,10 @@ def load_splits(config: ClassifierConfig, data: str | Path, valid_data: str | Pa
                 label_column: str = "label") -> tuple[Splits, dict]:
     """The train/valid/test data, and what a checkpoint needs to re-make a seeded split."""
     read = lambda path: read_labelled(path, text_column, label_column)  # noqa: E731
+    for name, other in (("--valid-data", valid_data), ("--test-data", test_data)):
+        if other is not None and Path(other).resolve() == Path(data).resolve():
+            raise UserError(f"{other}: {name} is the training data itself; give held-out "
+                            f"texts, or leave it out for a seeded split of --data")
     pool = read(data)
     valid = read(valid_data) if valid_data is not None else None
     test = read(test_data) if test_data is not None else None

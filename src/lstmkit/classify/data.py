@@ -80,6 +80,9 @@ def read_labelled(path: str | Path, text_column: str = "text", label_column: str
     if not path.exists():
         raise UserError(f"{path}: data not found")
     if path.is_dir():
+        if (text_column, label_column) != ("text", "label"):
+            raise UserError(f"{path}: a directory has no columns; --text-column and "
+                            f"--label-column apply to a .tsv/.csv file")
         if (path / "reviews.txt").exists() or (path / "labels.txt").exists():
             return read_aligned(path / "reviews.txt", path / "labels.txt")
         pos, neg = _class_files(path)
