@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from lstmkit.device import autocast
 from lstmkit.errors import UserError
 from lstmkit.evaluate import STREAM_NUM_STEPS
+from lstmkit.fields import SEED_LIMIT
 from lstmkit.vocab import EOS
 
 
@@ -47,7 +48,7 @@ def make_generator(seed: int | None) -> torch.Generator:
     if seed is None:
         generator.seed()
         return generator
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 63:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
         raise UserError(f"seed must be an integer in [0, 2**63), got {seed!r}")
     return generator.manual_seed(seed)
 
