@@ -28,7 +28,7 @@ MODEL_FILE = "model.safetensors"
 BEST_FILE = "best.safetensors"
 METRICS_FILE = "metrics.jsonl"
 CURVE_FILE = "curve.png"
-RUN_FILES = (MODEL_FILE, BEST_FILE, METRICS_FILE)  # a classifier run: the last two
+RUN_FILES = (MODEL_FILE, BEST_FILE, METRICS_FILE)  # a classifier's run: the last two
 KIND_LM = "language_model"
 
 
@@ -75,6 +75,12 @@ def refuse_to_replace(save_path: str | Path | None, overwrite: bool, resumable: 
         resume = "--resume continues it, " if resumable else ""
         raise UserError(f"{save_path}: already holds a run ({', '.join(held)}); {resume}"
                         f"--overwrite replaces it, or choose another --save-path")
+
+
+def clear_run(run_dir: Path) -> None:
+    """Delete a previous run's files before a fresh one (`refuse_to_replace` asked first)."""
+    for name in (*RUN_FILES, CURVE_FILE):
+        (run_dir / name).unlink(missing_ok=True)
 
 
 def prepare_run_dir(path: str | Path) -> Path:

@@ -18,11 +18,9 @@ from lstmkit.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from lstmkit.classify.config import ClassifierConfig
 from lstmkit.classify.model import ClassifierShape, SentimentClassifier
 from lstmkit.errors import UserError
+from lstmkit.runs import BEST_FILE  # the run files' names are shared with the language model
 from lstmkit.vocab import Vocab
 
-BEST_FILE = "best.safetensors"
-METRICS_FILE = "metrics.jsonl"
-CURVE_FILE = "curve.png"
 KIND_CLASSIFIER = "classifier"
 
 

@@ -29,13 +29,20 @@ from lstmkit.classify.data import (
 )
 from lstmkit.classify.evaluate import Score, batch_loss, score
 from lstmkit.classify.model import SentimentClassifier, build_classifier
-from lstmkit.classify.runs import BEST_FILE, CURVE_FILE, METRICS_FILE, save_classifier
+from lstmkit.classify.runs import save_classifier
 from lstmkit.classify.vectors import load_word_vectors
 from lstmkit.device import resolve_device
 from lstmkit.distributed import World, joined, launched_world, rank_console
 from lstmkit.errors import UserError, model_fits
 from lstmkit.reporting import Console, MetricsLog, plot_epoch_curves
-from lstmkit.runs import prepare_run_dir, refuse_to_replace
+from lstmkit.runs import (
+    BEST_FILE,
+    CURVE_FILE,
+    METRICS_FILE,
+    clear_run,
+    prepare_run_dir,
+    refuse_to_replace,
+)
 from lstmkit.vocab import Vocab
 
 
@@ -91,8 +98,7 @@ def _train(config: ClassifierConfig, splits: Splits, save_path: str | Path | Non
     run_dir = prepare_run_dir(save_path) if save_path is not None and world.is_main else None
     metrics = MetricsLog(run_dir / METRICS_FILE if run_dir else None)
     if run_dir is not None:
-        for stale in (BEST_FILE, METRICS_FILE, CURVE_FILE):
-            (run_dir / stale).unlink(missing_ok=True)
+        clear_run(run_dir)
     parameters = sum(p.numel() for p in model.parameters())
     console.say(f"seed {config.seed}: the same seed gives the same split and, with the same "
                 f"device and thread count, the same result | device {device.type} | "

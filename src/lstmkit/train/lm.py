@@ -34,6 +34,7 @@ from lstmkit.runs import (
     LoadedLM,
     Progress,
     carried_state,
+    clear_run,
     load_lm,
     prepare_run_dir,
     refuse_to_replace,
@@ -126,8 +127,7 @@ def _train(config: LMConfig, data: TokenSplits, save_path: str | Path | None, re
         optimizer = make_optimizer(config, model)
         progress, carried = Progress(), None
         if run_dir is not None and world.is_main:
-            for stale in (MODEL_FILE, BEST_FILE, METRICS_FILE, CURVE_FILE):
-                (run_dir / stale).unlink(missing_ok=True)
+            clear_run(run_dir)
     console.say(f"seed {config.seed}: runs with the same seed, device and thread count repeat "
                 f"exactly | device {device.type} | precision {_precision_label(config, device)} | "
                 f"{sum(p.numel() for p in model.parameters()):,} parameters")
