@@ -9,8 +9,8 @@ import argparse
 
 from torch.profiler import ProfilerActivity, profile
 
-from lstmkit.config import apply_overrides, preset
-from lstmkit.data.batching import batch_rows, bptt_windows
+from lstmkit.lm.batching import batch_rows, bptt_windows
+from lstmkit.lm.config import apply_overrides, preset
 from throughput import corpus, lstmkit_runner
 
 

@@ -23,12 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lstmkit.config import apply_overrides, preset
-from lstmkit.data.batching import batch_rows, bptt_windows
 from lstmkit.device import cpu_has_native_bf16, resolve_precision
-from lstmkit.evaluate import STREAM_NUM_STEPS
-from lstmkit.models.lm import build_language_model
-from lstmkit.models.recurrent import detach_state
+from lstmkit.lm.batching import batch_rows, bptt_windows
+from lstmkit.lm.config import apply_overrides, preset
+from lstmkit.lm.evaluate import STREAM_NUM_STEPS
+from lstmkit.lm.model import build_language_model
+from lstmkit.nn.recurrent import detach_state
 
 RNN_MODULES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
@@ -121,9 +121,9 @@ def lstmkit_runner(config, vocab_size):
 
 def corpus(data_dir: str | None, tokens: int = 200_000) -> tuple[torch.Tensor, int]:
     if data_dir and os.path.exists(os.path.join(data_dir, "ptb.train.txt")):
-        from lstmkit.data.ptb import load_ptb
+        from lstmkit.lm.data import load_ptb
         c = load_ptb(data_dir)
-        return torch.from_numpy(c.train[:tokens]), len(c.vocab)
+        return c.train[:tokens], len(c.vocab)
     g = torch.Generator().manual_seed(0)
     return torch.randint(0, 10_000, (tokens,), generator=g), 10_000
 

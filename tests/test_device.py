@@ -9,7 +9,7 @@ import torch
 from lstmkit import device as dev
 from lstmkit.cli import _one_line_warnings
 from lstmkit.errors import LstmkitWarning, UserError
-from lstmkit.models.recurrent import make_recurrent, run_recurrent, zero_state
+from lstmkit.nn.recurrent import make_recurrent, run_recurrent, zero_state
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -18,7 +18,7 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 def native_bf16(monkeypatch):
     def pretend(has: bool) -> None:
         monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda: has)
-        monkeypatch.setattr("lstmkit.models.recurrent.cpu_has_native_bf16", lambda: has)
+        monkeypatch.setattr("lstmkit.nn.recurrent.cpu_has_native_bf16", lambda: has)
     return pretend
 
 

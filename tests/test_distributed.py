@@ -24,7 +24,7 @@ from conftest import write_ptb_layout
 from lstmkit.classify.runs import load_classifier
 from lstmkit.cli import main
 from lstmkit.distributed import TIMEOUT_ENV
-from lstmkit.runs import load_lm
+from lstmkit.lm.runs import load_lm
 
 LM = ["--preset", "test", "--hidden-size", "16", "--batch-size", "4", "--num-steps", "5"]
 CLASSIFIER = ["--layer-sizes", "16,8", "--embed-size", "16", "--batch-size", "16",

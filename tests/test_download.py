@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from conftest import shared_data
-from lstmkit.data.download import PTB_MEMBERS, download_ptb
+from lstmkit.download import PTB_MEMBERS, download_ptb
 from lstmkit.errors import UserError
 
 

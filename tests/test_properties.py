@@ -14,10 +14,10 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from lstmkit.data.batching import batch_rows, bptt_windows, epoch_size
-from lstmkit.data.plaintext import split_contiguous, tokenize
 from lstmkit.errors import UserError
-from lstmkit.generate import Detokenizer
+from lstmkit.lm.batching import batch_rows, bptt_windows, epoch_size
+from lstmkit.lm.data import encode, split_contiguous, tokenize
+from lstmkit.lm.generate import Detokenizer
 from lstmkit.vocab import EOS, UNK, Vocab
 
 SETTINGS = settings(max_examples=60, derandomize=True, database=None, deadline=None)
@@ -32,7 +32,7 @@ words = st.text(st.characters(blacklist_categories=("Zs", "Zl", "Zp", "Cc", "Cs"
 @given(tokens)
 def test_vocab_decode_inverts_encode(stream):
     vocab = Vocab.from_counts(Counter(stream), unk=None)
-    assert vocab.decode(vocab.encode(stream)) == stream
+    assert vocab.decode(encode(vocab, [stream], "text", "word")) == stream
 
 
 @SETTINGS
@@ -48,7 +48,7 @@ def test_vocab_is_ordered_by_count_then_token(stream):
 def test_capped_vocab_keeps_the_frequent_tokens_and_maps_the_rest_to_unk(stream, cap):
     vocab = Vocab.from_counts(Counter(stream), max_size=cap)
     assert len(vocab) <= max(cap, len(set(stream)))
-    decoded = vocab.decode(vocab.encode(stream))
+    decoded = vocab.decode(encode(vocab, [stream], "text", "word"))
     assert decoded == [t if t in vocab else UNK for t in stream]
     if len(set(stream) - {UNK}) > cap:
         assert len(vocab) == cap and vocab.unk == UNK
@@ -75,7 +75,7 @@ def test_word_text_survives_tokenise_encode_decode_detokenise(lines):
     stream = [t for line in tokenize(text, "word") for t in line]
     vocab = Vocab.from_counts(Counter(stream), unk=None)
     pieces = Detokenizer("word")
-    assert "".join(pieces.text_of(t) for t in vocab.decode(vocab.encode(stream))) == text
+    assert "".join(pieces.text_of(t) for t in vocab.decode(encode(vocab, [stream], "text", "word"))) == text
 
 
 texts = st.lists(st.text("ab c\t\u00e9", max_size=10), min_size=20, max_size=60).map("\n".join)

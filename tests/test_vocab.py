@@ -3,7 +3,8 @@ from collections import Counter
 import pytest
 
 from lstmkit.errors import UserError
-from lstmkit.vocab import Vocab, encode_lines
+from lstmkit.lm.data import encode
+from lstmkit.vocab import Vocab
 
 
 def test_order_is_count_descending_then_token_ascending():
@@ -14,21 +15,21 @@ def test_order_is_count_descending_then_token_ascending():
 
 def test_unknown_word_maps_to_unk_when_present():
     vocab = Vocab.from_counts(Counter(["x", "<unk>"]))
-    assert list(encode_lines(vocab, [["x", "never-seen"]], "f.txt")) == [
+    assert list(encode(vocab, [["x", "never-seen"]], "f.txt", "word")) == [
         vocab.index["x"], vocab.index["<unk>"]]
 
 
 def test_unknown_word_without_unk_names_file_and_line():
     vocab = Vocab.from_counts(Counter(["x", "y"]))
     assert vocab.unk is None
-    with pytest.raises(UserError, match=r"^f\.txt:2: unknown word 'zz' and the vocabulary has"):
-        encode_lines(vocab, [["x"], ["y", "zz"]], "f.txt")
+    with pytest.raises(UserError, match=r"^f\.txt:2: unknown word 'zz' \(the model's vocab"):
+        encode(vocab, [["x"], ["y", "zz"]], "f.txt", "word")
 
 
 def test_size_cap_keeps_most_frequent_and_adds_unk():
     vocab = Vocab.from_counts(Counter({"a": 5, "b": 4, "c": 3, "d": 2}), max_size=3)
     assert vocab.tokens == ("a", "b", "<unk>")
-    assert vocab.decode(vocab.encode(["a", "d"])) == ["a", "<unk>"]
+    assert vocab.decode(encode(vocab, [["a", "d"]], "f.txt", "word")) == ["a", "<unk>"]
 
 
 def test_round_trip_through_dict():

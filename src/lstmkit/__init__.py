@@ -1,7 +1,7 @@
 """lstmkit: recurrent neural networks on text (PTB language models and more) on PyTorch."""
 
-from lstmkit.config import PRESETS, LMConfig, preset
 from lstmkit.errors import UserError
+from lstmkit.lm.config import PRESETS, LMConfig, preset
 
 __version__ = "0.1.0"
 __all__ = ["PRESETS", "LMConfig", "LanguageModelRun", "UserError", "__version__", "load",
@@ -11,7 +11,7 @@ __all__ = ["PRESETS", "LMConfig", "LanguageModelRun", "UserError", "__version__"
 def __getattr__(name: str):
     # `lstmkit.load(path)` without importing torch on a bare `import lstmkit`.
     if name in ("load", "LanguageModelRun"):
-        from lstmkit import api
+        from lstmkit.lm import api
 
         return getattr(api, name)
     raise AttributeError(f"module 'lstmkit' has no attribute {name!r}")

@@ -13,19 +13,12 @@ import json
 import sys
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
 
-from lstmkit import api
 from lstmkit.classify.cli import add_classify_command
-from lstmkit.config import PRESETS, LMConfig, apply_overrides, field_names, load_config_file
-from lstmkit.config import preset as preset_config
-from lstmkit.data.download import download_ptb
-from lstmkit.data.plaintext import LEVELS
-from lstmkit.data.ptb import SPLITS, resolve_ptb_dir, split_file
 from lstmkit.distributed import lost_contact, rank_label
 from lstmkit.errors import LstmkitWarning, UserError
+from lstmkit.lm import api
 from lstmkit.reporting import discard_output
-from lstmkit.runs import MODEL_FILE, load_lm
 
 EXIT_USER_ERROR = 2
 EXIT_LOST_CONTACT = 1
@@ -102,9 +95,10 @@ def _add_train(commands) -> None:
     p = commands.add_parser(
         "train", help="train a language model",
         description="Train a word- or char-level language model on PTB or any UTF-8 text.")
-    p.add_argument("--preset", default="small", help=f"one of {', '.join(PRESETS)}")
+    p.add_argument("--preset", default="small",
+                   help=f"one of {', '.join(api.PRESETS)} (default: small)")
     p.add_argument("--config", help="TOML or JSON file of config fields (overrides the preset)")
-    p.add_argument("--level", choices=LEVELS,
+    p.add_argument("--level", choices=api.LEVELS,
                    help="tokens are words (<eos> per line) or characters (default: word; "
                         "with --resume: the run's)")
     data = p.add_argument_group("data (one of: PTB directory, one text file, three text files)")
@@ -122,76 +116,44 @@ def _add_train(commands) -> None:
                            "text, and <unk> standing in for the rest (default: no cap)")
     p.add_argument("--save-path", help="run directory for checkpoints, metrics and the curve")
     p.add_argument("--resume", action="store_true",
-                   help=f"continue the run in --save-path from its {MODEL_FILE}")
+                   help=f"continue the run in --save-path from its {api.MODEL_FILE}")
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh in a --save-path that holds a trained model, "
                         "replacing it (without this, that is refused)")
     fields = p.add_argument_group("config fields (override preset and config file)")
-    for name in field_names():
+    for name in api.field_names():
         fields.add_argument(f"--{name.replace('_', '-')}", dest=f"field_{name}",
                             default=None, metavar="V")
     p.set_defaults(handler=_train)
 
 
 def _train(args: argparse.Namespace) -> int:
-    config = _train_config(args)
-    files = {"data_file": args.data_file, "train_file": args.train_file,
-             "valid_file": args.valid_file, "test_file": args.test_file}
-    if any(f is not None for f in files.values()):
-        if args.data_dir is not None or args.download:
-            raise UserError("give PTB (--data-dir/--download) or text files (--data-file, or "
-                            "--train-file/--valid-file/--test-file), not both")
-    else:  # PTB's three files are plain text at the word level, or at the char level
-        data_dir = args.data_dir
-        if data_dir is None and args.download:
-            data_dir = download_ptb()
-        ptb = resolve_ptb_dir(data_dir)
-        files = {f"{split}_file": split_file(ptb, split) for split in SPLITS}
-    api.train_text(config, args.level, **files, vocab_size=args.vocab_size,
-                   save_path=args.save_path, resume=args.resume, overwrite=args.overwrite)
+    source = api.TextSource(args.data_dir, args.download, args.data_file, args.train_file,
+                            args.valid_file, args.test_file, args.vocab_size)
+    overrides = {name: getattr(args, f"field_{name}") for name in api.field_names()
+                 if getattr(args, f"field_{name}") is not None}
+    api.train(source, preset_name=args.preset, config_file=args.config, overrides=overrides,
+              level=args.level, save_path=args.save_path, resume=args.resume,
+              overwrite=args.overwrite)
     return 0
-
-
-def _train_config(args: argparse.Namespace) -> LMConfig:
-    if args.resume:
-        if args.overwrite:
-            raise UserError("--resume continues the run in --save-path and --overwrite "
-                            "replaces it: give one of them")
-        if not args.save_path:
-            raise UserError("--resume needs --save-path (the run directory to continue)")
-        config = load_lm(args.save_path).config  # the run's own config, then overrides
-    else:
-        config = preset_config(args.preset)
-    if args.config:
-        config = apply_overrides(config, load_config_file(args.config), args.config)
-    flags: dict[str, Any] = {name: getattr(args, f"field_{name}") for name in field_names()
-                             if getattr(args, f"field_{name}") is not None}
-    return apply_overrides(config, flags, "command line")
 
 
 def _add_evaluate(commands) -> None:
     p = commands.add_parser("evaluate", help="perplexity of a saved model on a PTB split")
     p.add_argument("--model", required=True, help="run directory or checkpoint file")
     p.add_argument("--data-dir", help="directory with ptb.*.txt (default: $LSTMKIT_DATA)")
-    p.add_argument("--split", default="test", choices=("train", "valid", "test"))
+    p.add_argument("--split", default="test", choices=api.SPLITS)
     p.add_argument("--stream", action="store_true",
                    help="the tutorial's one unbroken stream (batch 1); default: fast shape")
     p.add_argument("--batch-size", type=int, help="evaluation rows (default: the model's)")
     p.add_argument("--num-steps", type=int, help="window length (default: the model's)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
+    p.add_argument("--device", default="auto", choices=api.DEVICES)
+    p.add_argument("--precision", choices=api.PRECISIONS)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=_evaluate)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    for name in ("batch_size", "num_steps"):
-        value = getattr(args, name)
-        if value is not None and value <= 0:
-            raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
-        if value is not None and args.stream:
-            raise UserError(f"--{name.replace('_', '-')} sets the fast shape; --stream is "
-                            f"always one row (give one of them)")
     result = api.evaluate_ptb(args.model, args.data_dir, args.split, args.batch_size,
                               args.num_steps, args.stream, args.device, args.precision)
     if args.json:
@@ -243,8 +205,8 @@ def _add_score(commands) -> None:
     p.add_argument("--per-line", action="store_true",
                    help="also each line's share (given the lines before it)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
+    p.add_argument("--device", default="auto", choices=api.DEVICES)
+    p.add_argument("--precision", choices=api.PRECISIONS)
     p.set_defaults(handler=_score)
 
 
@@ -282,6 +244,6 @@ def _add_download(commands) -> None:
 
 
 def _download(args: argparse.Namespace) -> int:
-    path = download_ptb(args.dest)
+    path = api.download_ptb(args.dest)
     print(f"PTB ready in {path} (SHA-256 verified)")
     return 0

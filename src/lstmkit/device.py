@@ -11,6 +11,9 @@ import torch
 
 from lstmkit.errors import LstmkitWarning, UserError
 
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
 
 def resolve_device(name: str) -> torch.device:
     """'auto' picks CUDA when present, else the CPU; asking for absent CUDA is a user error."""

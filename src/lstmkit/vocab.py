@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-
-import numpy as np
 
 from lstmkit.errors import UserError
 
@@ -49,17 +47,6 @@ class Vocab:
     def __contains__(self, token: str) -> bool:
         return token in self.index
 
-    def id_of(self, token: str, where: str = "input") -> int:
-        found = self.index.get(token)
-        if found is not None:
-            return found
-        if self.unk is not None:
-            return self.index[self.unk]
-        raise UserError(f"{where}: unknown token {token!r} and the vocabulary has no {UNK}")
-
-    def encode(self, tokens: Iterable[str], where: str = "input") -> np.ndarray:
-        return np.fromiter((self.id_of(t, where) for t in tokens), dtype=np.int64)
-
     def decode(self, ids: Iterable[int]) -> list[str]:
         return [self.tokens[int(i)] for i in ids]
 
@@ -70,16 +57,3 @@ class Vocab:
     def from_dict(cls, data: dict) -> Vocab:
         return cls(tuple(data["tokens"]), data.get("unk"))
 
-
-def encode_lines(vocab: Vocab, lines: Sequence[Sequence[str]], path: str) -> np.ndarray:
-    """Encode tokenised lines to one id stream; an unknown token is reported as path:line."""
-    ids: list[int] = []
-    index, unk_id = vocab.index, vocab.index.get(vocab.unk) if vocab.unk else None
-    for number, line in enumerate(lines, start=1):
-        for token in line:
-            found = index.get(token, unk_id)
-            if found is None:
-                raise UserError(
-                    f"{path}:{number}: unknown word {token!r} and the vocabulary has no {UNK}")
-            ids.append(found)
-    return np.asarray(ids, dtype=np.int64)

@@ -32,7 +32,7 @@ _FLAG_HELP = {
 def add_classify_command(commands) -> None:
     """Register `classify` and its subcommands on the top-level parser's subparsers."""
     p = commands.add_parser("classify", help="sentence (sentiment) classifier",
-                            description="LSTM sentence classifier (SPEC §4): train, evaluate "
+                            description="LSTM sentence classifier: train, evaluate "
                                         "and predict on binary-labelled texts.")
     sub = p.add_subparsers(dest="classify_command", metavar="{train,evaluate,predict}",
                            required=True)  # subcommand parsers share p's class

@@ -1,7 +1,7 @@
 """Sentence-classifier configuration: one frozen dataclass, two recipes, validated overrides.
 
 `default` is what gave the best validation accuracy on Movie Review (see results/mr-classifier);
-`tutorial` is the TensorFlow tutorial's recipe (seeds/002): LSTM 128 -> LSTM 64 with dropout on
+`tutorial` is the TensorFlow tutorial's recipe: LSTM 128 -> LSTM 64 with dropout on
 each layer's output, last step -> sigmoid, mean-squared error, Adadelta.
 Precedence: recipe < command-line flags.
 """
@@ -14,10 +14,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from lstmkit.config import CELLS, DEVICES
+from lstmkit.device import DEVICES
 from lstmkit.errors import UserError
 from lstmkit.fields import apply_overrides as apply_field_overrides
 from lstmkit.fields import check_choice, check_seed, check_types
+from lstmkit.nn.recurrent import CELLS
 
 LOSSES = ("bce", "mse")
 OPTIMIZERS = ("adam", "adadelta")
@@ -104,7 +105,7 @@ class ClassifierConfig:
         return cls(**data)
 
 
-# The tutorial (seeds/002) trains with MSE on the sigmoid output and Adadelta; its learning rate
+# The TensorFlow tutorial trains with MSE on the sigmoid output and Adadelta; its learning rate
 # is not shown, so ours is Adadelta's own 1.0 (Zeiler 2012; TF's 0.001 barely moves). Texts are
 # cut to a fixed length as the tutorial's are (200 there; MR sentences are shorter than 64).
 RECIPES: dict[str, dict[str, Any]] = {

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lstmkit.data.text import read_text_or_latin1
 from lstmkit.errors import UserError
+from lstmkit.text import read_text_or_latin1
 from lstmkit.vocab import UNK, Vocab
 
 PAD = "<pad>"  # id 0: fills batch rows past a text's end (see model.py)

@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from lstmkit.classify.config import ClassifierConfig
-from lstmkit.models.recurrent import make_recurrent
+from lstmkit.nn.recurrent import make_recurrent
 
 _BIDIRECTIONAL = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 

@@ -18,7 +18,7 @@ from lstmkit.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from lstmkit.classify.config import ClassifierConfig
 from lstmkit.classify.model import ClassifierShape, SentimentClassifier
 from lstmkit.errors import UserError
-from lstmkit.runs import BEST_FILE  # the run files' names are shared with the language model
+from lstmkit.rundir import BEST_FILE
 from lstmkit.vocab import Vocab
 
 KIND_CLASSIFIER = "classifier"

@@ -35,7 +35,7 @@ from lstmkit.device import resolve_device
 from lstmkit.distributed import World, joined, launched_world, rank_console
 from lstmkit.errors import UserError, model_fits
 from lstmkit.reporting import Console, MetricsLog, plot_epoch_curves
-from lstmkit.runs import (
+from lstmkit.rundir import (
     BEST_FILE,
     CURVE_FILE,
     METRICS_FILE,

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from lstmkit.config import preset
-from lstmkit.models.lm import build_language_model
+from lstmkit.lm.config import preset
+from lstmkit.lm.model import build_language_model
 
 
 def small_config(**changes):

@@ -24,9 +24,9 @@ from safetensors.torch import load_file
 
 from conftest import tree_files, write_ptb_layout
 from lstmkit.checkpoint import KILL_IN_SAVE_ENV
-from lstmkit.data.batching import epoch_size
-from lstmkit.data.ptb import load_ptb
-from lstmkit.runs import load_lm
+from lstmkit.lm.batching import epoch_size
+from lstmkit.lm.data import load_ptb
+from lstmkit.lm.runs import load_lm
 
 BATCH, STEPS, EVERY = 4, 5, 5  # 87 windows an epoch, a checkpoint every 5
 FLAGS = ["--preset", "test", "--hidden-size", "16", "--batch-size", str(BATCH), "--num-steps",
@@ -117,7 +117,7 @@ def assert_same_run(a: Path, b: Path) -> None:
 @pytest.fixture
 def corpus(tmp_path: Path) -> tuple[Path, int]:
     ptb = write_ptb_layout(tmp_path / "ptb")
-    return ptb, epoch_size(load_ptb(ptb).train.size, BATCH, STEPS)
+    return ptb, epoch_size(load_ptb(ptb).train.numel(), BATCH, STEPS)
 
 
 def uninterrupted(ptb: Path, run: Path, epochs: int) -> subprocess.Popen:

@@ -1,4 +1,4 @@
-"""Any UTF-8 text file as a language-model corpus, at the word or the character level.
+"""The language model's data: PTB or any UTF-8 text, at the word or the character level.
 
     word level: whitespace-split tokens, each line break becomes <eos> (as PTB)
     char level: every character is a token, the line break "\\n" included (no <eos>)
@@ -11,22 +11,29 @@ continuity truncated BPTT relies on, and shuffled pieces would leak near-copies 
 context into valid/test. So the split is deterministic and needs no seed. Word-level splits
 fall on line boundaries (whole sentences, each ending in <eos>); char-level splits fall at
 exact character positions.
+
+PTB (Mikolov's simple-examples) is three such files, `ptb.{train,valid,test}.txt`, read at the
+word level like any other: the one reader for training, evaluation and scoring.
 """
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from lstmkit.data.text import read_text
 from lstmkit.errors import UserError
+from lstmkit.text import read_text
 from lstmkit.vocab import EOS, UNK, Vocab
 
 LEVELS = ("word", "char")
 SPLIT_FRACTIONS = (0.90, 0.05, 0.05)
+SPLITS = ("train", "valid", "test")
+DATA_ENV = "LSTMKIT_DATA"
 
 Lines = list[list[str]]  # tokens of each line of a text, line breaks included
 
@@ -84,14 +91,14 @@ def encode(vocab: Vocab, lines: Lines, where: str, level: str, first_line: int =
 
 
 @dataclass(frozen=True)
-class TextCorpus:
-    """Encoded train/valid/test streams of one or three text files, and how they were made."""
+class TokenSplits:
+    """Encoded train/valid/test id streams and the vocabulary they were encoded with."""
     vocab: Vocab
-    train: np.ndarray
-    valid: np.ndarray
-    test: np.ndarray
-    level: str
-    description: str  # where the splits came from, for the training log
+    train: torch.Tensor
+    valid: torch.Tensor
+    test: torch.Tensor
+    level: str = "word"
+    description: str = ""  # where the splits came from, for the training log
 
 
 @dataclass(frozen=True)
@@ -104,7 +111,7 @@ class _Part:
 def load_text_corpus(level: str, data_file: str | Path | None = None,
                      train_file: str | Path | None = None, valid_file: str | Path | None = None,
                      test_file: str | Path | None = None, vocab_size: int | None = None
-                     ) -> TextCorpus:
+                     ) -> TokenSplits:
     """Either one `data_file` split 90/5/5, or three files `train_file`/`valid_file`/`test_file`.
     """
     check_level(level)
@@ -131,7 +138,8 @@ def load_text_corpus(level: str, data_file: str | Path | None = None,
         if ids.size < 2:
             raise UserError(f"{part.where}: the {name} split has {ids.size} "
                             f"{token_name(level)}s; it needs at least 2")
-    return TextCorpus(vocab, *streams, level, description)
+    train, valid, test = (torch.from_numpy(ids) for ids in streams)
+    return TokenSplits(vocab, train, valid, test, level, description)
 
 
 def split_contiguous(lines: Lines, where: str, level: str) -> tuple[_Part, _Part, _Part]:
@@ -179,8 +187,47 @@ def _slice(lines: Lines, start: tuple[int, int], end: tuple[int, int], where: st
     return _Part(piece, where, l0 + 1)
 
 
-def encode_text(vocab: Vocab, text: str, level: str, where: str) -> tuple[np.ndarray, list[int]]:
+def encode_text(vocab: Vocab, text: str, level: str, where: str
+                ) -> tuple[torch.Tensor, list[int]]:
     """Ids of `text` tokenised as the model's training data was, and the tokens of each line."""
     lines = tokenize(text, level)
-    return encode(vocab, lines, where, level), [len(line) for line in lines]
+    return torch.from_numpy(encode(vocab, lines, where, level)), [len(line) for line in lines]
+
+
+def encode_file(vocab: Vocab, path: str | Path, level: str) -> torch.Tensor:
+    """Ids of a text file (one PTB split, say) under a saved model's vocabulary."""
+    return encode_text(vocab, read_text(path), level, str(path))[0]
+
+
+def load_ptb(data_dir: str | Path | None) -> TokenSplits:
+    """PTB's train/valid/test at the word level, the vocabulary from train (10,000 types)."""
+    return load_text_corpus("word", **ptb_files(data_dir))
+
+
+def ptb_split_file(data_dir: Path, split: str) -> Path:
+    return data_dir / f"ptb.{split}.txt"
+
+
+def ptb_files(data_dir: str | Path | None) -> dict[str, Path]:
+    """PTB's three files as `train_file`/`valid_file`/`test_file` for `load_text_corpus`."""
+    ptb = resolve_ptb_dir(data_dir)
+    return {f"{split}_file": ptb_split_file(ptb, split) for split in SPLITS}
+
+
+def resolve_ptb_dir(data_dir: str | Path | None) -> Path:
+    """The directory holding ptb.*.txt: `--data-dir`, else $LSTMKIT_DATA (it or its ptb/)."""
+    given = data_dir if data_dir is not None else os.environ.get(DATA_ENV)
+    if not given:
+        raise UserError(
+            "no PTB data given: pass --data-dir DIR (holding ptb.train.txt, ptb.valid.txt, "
+            f"ptb.test.txt), set {DATA_ENV}, or add --download (or run `lstmkit download ptb`)")
+    root = Path(given).expanduser()
+    if not root.exists():
+        raise UserError(f"{root}: data directory not found")
+    if not root.is_dir():
+        raise UserError(f"{root}: not a directory")
+    for candidate in (root, root / "ptb", root / "simple-examples" / "data"):
+        if ptb_split_file(candidate, "train").exists():
+            return candidate
+    raise UserError(f"{root}: no ptb.train.txt here (nor in {root / 'ptb'})")
 

@@ -10,9 +10,9 @@ import torch
 
 from conftest import shared_data, write_plain_text
 from lstmkit.cli import main
-from lstmkit.data.plaintext import build_vocab, load_text_corpus, tokenize
 from lstmkit.errors import UserError
-from lstmkit.runs import load_lm
+from lstmkit.lm.data import build_vocab, load_text_corpus, tokenize
+from lstmkit.lm.runs import load_lm
 from lstmkit.vocab import EOS, UNK
 
 
@@ -35,12 +35,12 @@ def test_char_vocabulary_is_the_training_characters_by_count_then_character():
 def test_one_file_is_split_contiguously_90_5_5_at_char_level(text_file):
     text = text_file.read_text(encoding="utf-8")
     corpus = load_text_corpus("char", data_file=text_file)
-    sizes = [corpus.train.size, corpus.valid.size, corpus.test.size]
+    sizes = [corpus.train.numel(), corpus.valid.numel(), corpus.test.numel()]
     assert sum(sizes) == len(text)
     assert sizes == pytest.approx([0.9 * len(text), 0.05 * len(text), 0.05 * len(text)], abs=1)
-    stream = torch.cat([torch.from_numpy(s) for s in (corpus.train, corpus.valid, corpus.test)])
+    stream = torch.cat([corpus.train, corpus.valid, corpus.test])
     assert "".join(corpus.vocab.decode(stream)) == text, "in order, nothing lost or shuffled"
-    assert set(corpus.vocab.tokens) == set(text[: corpus.train.size])
+    assert set(corpus.vocab.tokens) == set(text[: corpus.train.numel()])
     assert load_text_corpus("char", data_file=text_file).vocab == corpus.vocab  # deterministic
 
 
@@ -49,9 +49,9 @@ def test_word_level_split_falls_on_line_boundaries(text_file):
     eos = corpus.vocab.index[EOS]
     for split in (corpus.train, corpus.valid, corpus.test):
         assert split[-1] == eos, "each split is whole lines"
-    total = corpus.train.size + corpus.valid.size + corpus.test.size
+    total = corpus.train.numel() + corpus.valid.numel() + corpus.test.numel()
     assert total == sum(len(line) for line in tokenize(text_file.read_text(), "word"))
-    assert abs(corpus.train.size / total - 0.9) < 0.02
+    assert abs(corpus.train.numel() / total - 0.9) < 0.02
 
 
 def test_vocab_size_cap_maps_the_rarest_words_to_unk(tmp_path):
@@ -76,7 +76,7 @@ def test_unknown_character_in_a_held_out_file_names_file_line_and_character(tmp_
     assert str(err.value).startswith(f"{valid}:2: unknown character '\u00e9'")
     capped = load_text_corpus("char", train_file=train, valid_file=valid, test_file=train,
                               vocab_size=3)  # a, b + <unk>: c and é become <unk>
-    assert capped.vocab.tokens[-1] == UNK and capped.valid.size == 8
+    assert capped.vocab.tokens[-1] == UNK and capped.valid.numel() == 8
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -104,7 +104,7 @@ def test_bad_text_data_is_one_clear_error(tmp_path, kwargs, message):
 
 def test_tinyshakespeare_split_sizes_and_65_characters():
     corpus = load_text_corpus("char", data_file=shared_data("tinyshakespeare", "input.txt"))
-    assert (corpus.train.size, corpus.valid.size, corpus.test.size) == (1003855, 55769, 55770)
+    assert (corpus.train.numel(), corpus.valid.numel(), corpus.test.numel()) == (1003855, 55769, 55770)
     assert len(corpus.vocab) == 65 and corpus.vocab.tokens[0] == " "
 
 

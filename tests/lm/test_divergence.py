@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from conftest import tree_files
-from lstmkit import api
 from lstmkit.cli import main
-from lstmkit.config import apply_overrides, preset
 from lstmkit.errors import UserError
-from lstmkit.models.lm import LanguageModel
+from lstmkit.lm import api
+from lstmkit.lm.config import apply_overrides, preset
+from lstmkit.lm.model import LanguageModel
+from lstmkit.lm.runs import load_lm
+from lstmkit.lm.train import MAX_ROLLBACKS_IN_A_ROW, ROLLBACK_LR_FACTOR
 from lstmkit.reporting import Console
-from lstmkit.runs import load_lm
-from lstmkit.train.lm import MAX_ROLLBACKS_IN_A_ROW, ROLLBACK_LR_FACTOR
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from lstmkit.data.batching import batch_rows, bptt_windows
 from lstmkit.device import autocast
+from lstmkit.lm.batching import batch_rows, bptt_windows
 
 STREAM_NUM_STEPS = 100  # batch-1 stream: the chunk length only sets speed, not the result
 

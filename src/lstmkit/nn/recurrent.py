@@ -15,6 +15,7 @@ from lstmkit.device import cpu_has_native_bf16
 State = tuple[torch.Tensor, ...]
 
 _MODULES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+CELLS = tuple(_MODULES)  # the cells every model of the package can be built with
 
 
 def make_recurrent(cell: str, input_size: int, hidden_size: int, num_layers: int,

@@ -11,7 +11,7 @@ import torch
 
 from conftest import tree_files
 from lstmkit.cli import main
-from lstmkit.runs import load_lm
+from lstmkit.lm.runs import load_lm
 
 FAST = ["--preset", "test", "--hidden-size", "16", "--batch-size", "4", "--num-steps", "5"]
 
@@ -61,8 +61,8 @@ def test_resume_continues_to_the_same_parameters_as_one_run(ptb_dir, tmp_path):
 
 def test_mid_epoch_checkpoint_resumes_exactly(ptb_dir, tmp_path):
     """A run stopped after a mid-epoch checkpoint ends where an uninterrupted one does."""
-    from lstmkit import api
-    from lstmkit.config import apply_overrides, preset
+    from lstmkit.lm import api
+    from lstmkit.lm.config import apply_overrides, preset
     from lstmkit.reporting import Console
 
     config = apply_overrides(preset("test"), {"hidden_size": 16, "batch_size": 4, "num_steps": 5,
@@ -181,7 +181,7 @@ def test_same_seed_gives_an_identical_metrics_log_and_another_seed_does_not(ptb_
 def test_bf16_where_it_is_emulated_warns_in_one_line_and_its_checkpoint_evaluates_in_fp32(
         ptb_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("lstmkit.device.cpu_has_native_bf16", lambda: False)
-    monkeypatch.setattr("lstmkit.models.recurrent.cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr("lstmkit.nn.recurrent.cpu_has_native_bf16", lambda: False)
     run = tmp_path / "run"
     assert train(ptb_dir, run, "--max-max-epoch", "1", "--precision", "bf16") == 0
     warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
@@ -262,10 +262,10 @@ def test_ctrl_c_mentions_checkpoints_only_where_there_are_some(ptb_dir, tmp_path
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("lstmkit.cli.download_ptb", interrupt)
+    monkeypatch.setattr("lstmkit.lm.api.download_ptb", interrupt)
     assert main(["download", "ptb", "--dest", str(tmp_path)]) == 130
     assert capsys.readouterr().err == "lstmkit: interrupted\n"
-    monkeypatch.setattr("lstmkit.api.train_language_model", interrupt)
+    monkeypatch.setattr("lstmkit.lm.api.train_language_model", interrupt)
     assert train(ptb_dir, tmp_path / "run") == 130
     assert capsys.readouterr().err == (
         "lstmkit: interrupted (the last checkpoint, if any, is intact)\n")

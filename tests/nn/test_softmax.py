@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lstmkit.models.softmax import linear_cross_entropy
+from lstmkit.nn.softmax import linear_cross_entropy
 
 # bf16 products carry 8 mantissa bits: ~0.4% per element, averaged down in the sums.
 TOLERANCE = {torch.float32: (1e-5, 1e-5), torch.bfloat16: (1e-3, 1e-2)}  # (loss, grads) rel.
@@ -58,7 +58,7 @@ def test_under_cpu_autocast_products_run_in_bf16():
 
 
 def _kernel_or_skip():
-    from lstmkit import kernels
+    from lstmkit.nn import kernels
     kernel = kernels.softmax_xent()
     if kernel is None:
         pytest.skip("native kernel unavailable here (no compiler, not Linux, or "
@@ -74,7 +74,7 @@ def test_native_kernel_equals_the_plain_torch_contract(dtype, vocab):
     within 1e-5 relative in fp32 (another exp, another summation order over 10k terms) and
     within two bf16 roundings (a value at a rounding boundary may land on either side);
     the bias gradient within 1e-5."""
-    from lstmkit.models.softmax import plain_softmax_xent_
+    from lstmkit.nn.softmax import plain_softmax_xent_
     kernel = _kernel_or_skip()
     g = torch.Generator().manual_seed(vocab)
     logits = (torch.randn(37, vocab, generator=g) * 4).to(dtype)
@@ -97,7 +97,7 @@ def test_native_kernel_equals_the_plain_torch_contract(dtype, vocab):
 def test_the_plain_path_gives_what_the_kernel_path_gives(dtype, monkeypatch):
     """linear_cross_entropy with the kernel and with plain PyTorch (as on CUDA or without a
     compiler): the same loss and gradients."""
-    from lstmkit import kernels
+    from lstmkit.nn import kernels
     _kernel_or_skip()
     with_kernel = plain_and_fused(dtype, 63)
     monkeypatch.setitem(kernels._loaded, "softmax_xent", None)

@@ -1,8 +1,8 @@
 import pytest
 
 from conftest import shared_data
-from lstmkit.data.ptb import load_ptb, resolve_ptb_dir
 from lstmkit.errors import UserError
+from lstmkit.lm.data import load_ptb, resolve_ptb_dir
 
 
 def test_real_ptb_token_and_type_counts():

@@ -15,21 +15,20 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from lstmkit.device import DEVICES, PRECISIONS
 from lstmkit.errors import UserError
 from lstmkit.fields import apply_overrides as apply_field_overrides
 from lstmkit.fields import check_choice, check_seed, check_types
+from lstmkit.nn.recurrent import CELLS
 
-CELLS = ("lstm", "gru", "rnn")
 OPTIMIZERS = ("sgd", "adam")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-DEVICES = ("auto", "cpu", "cuda")
 ON_NAN = ("stop", "rollback")
 FLOAT32_MAX = 3.4028234663852886e38
 
 
 @dataclass(frozen=True)
 class LMConfig:
-    # --- the tutorial's hyperparameters (SPEC §1 preset table) ---
+    # --- the tutorial's hyperparameters (its preset table, see PRESETS) ---
     init_scale: float = 0.1
     learning_rate: float = 1.0
     max_grad_norm: float = 5.0

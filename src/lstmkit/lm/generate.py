@@ -26,8 +26,8 @@ import torch.nn.functional as F
 
 from lstmkit.device import autocast
 from lstmkit.errors import UserError
-from lstmkit.evaluate import STREAM_NUM_STEPS
 from lstmkit.fields import SEED_LIMIT
+from lstmkit.lm.evaluate import STREAM_NUM_STEPS
 from lstmkit.vocab import EOS
 
 

@@ -7,11 +7,11 @@ import torch
 from torch import nn
 
 from lstmkit.cli import main
-from lstmkit.config import LMConfig
-from lstmkit.data.plaintext import load_text_corpus
-from lstmkit.models.lm import build_language_model
-from lstmkit.runs import load_lm
-from lstmkit.train.lm import make_optimizer
+from lstmkit.lm.config import LMConfig
+from lstmkit.lm.data import load_text_corpus
+from lstmkit.lm.model import build_language_model
+from lstmkit.lm.runs import load_lm
+from lstmkit.lm.train import make_optimizer
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
@@ -25,7 +25,7 @@ def test_each_cell_trains_a_few_steps_and_its_loss_goes_down(cell, optimizer, lr
     torch.manual_seed(0)
     model = build_language_model(config, len(corpus.vocab))
     assert isinstance(model.rnn, CELLS[cell])
-    rows = torch.from_numpy(corpus.train[: 8 * 21]).view(8, 21)
+    rows = corpus.train[: 8 * 21].view(8, 21)
     x, y = rows[:, :-1], rows[:, 1:]
     optimizer_ = make_optimizer(config, model)
 

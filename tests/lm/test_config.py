@@ -2,11 +2,11 @@ import json
 
 import pytest
 
-from lstmkit.config import PRESETS, LMConfig, apply_overrides, load_config_file, preset
 from lstmkit.errors import UserError
+from lstmkit.lm.config import PRESETS, LMConfig, apply_overrides, load_config_file, preset
 
-# SPEC §1 preset table, column for column.
-SPEC_TABLE = {
+# The tutorial's preset table (Zaremba et al. 2014), column for column.
+TUTORIAL_TABLE = {
     "small": (0.1, 1.0, 5, 2, 20, 200, 4, 13, 1.0, 0.5, 20),
     "medium": (0.05, 1.0, 5, 2, 35, 650, 6, 39, 0.5, 0.8, 20),
     "large": (0.04, 1.0, 10, 2, 35, 1500, 14, 55, 0.35, 1 / 1.15, 20),
@@ -16,10 +16,10 @@ COLUMNS = ("init_scale", "learning_rate", "max_grad_norm", "num_layers", "num_st
            "hidden_size", "max_epoch", "max_max_epoch", "keep_prob", "lr_decay", "batch_size")
 
 
-@pytest.mark.parametrize("name", sorted(SPEC_TABLE))
+@pytest.mark.parametrize("name", sorted(TUTORIAL_TABLE))
 def test_preset_matches_spec_table(name):
     config = preset(name)
-    assert tuple(getattr(config, c) for c in COLUMNS) == pytest.approx(SPEC_TABLE[name])
+    assert tuple(getattr(config, c) for c in COLUMNS) == pytest.approx(TUTORIAL_TABLE[name])
 
 
 @pytest.mark.parametrize("name, expected", [

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from lstmkit import kernels
+from lstmkit.nn import kernels
 
 CHUNK_ELEMENTS = 1 << 23  # logits per product when no gradient is kept (bounds eval memory)
 

@@ -13,15 +13,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lstmkit.config import LMConfig
-from lstmkit.models.recurrent import (
+from lstmkit.lm.config import LMConfig
+from lstmkit.nn.recurrent import (
     State,
     init_recurrent_,
     make_recurrent,
     run_recurrent,
     zero_state,
 )
-from lstmkit.models.softmax import linear_cross_entropy
+from lstmkit.nn.softmax import linear_cross_entropy
 
 
 @dataclass(frozen=True)

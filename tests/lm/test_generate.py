@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lstmkit.config import LMConfig
 from lstmkit.errors import UserError
-from lstmkit.evaluate import perplexity, stream_perplexity
-from lstmkit.generate import (
+from lstmkit.lm.config import LMConfig
+from lstmkit.lm.evaluate import perplexity, stream_perplexity
+from lstmkit.lm.generate import (
     Detokenizer,
     choose_next,
     make_generator,
@@ -18,7 +18,7 @@ from lstmkit.generate import (
     score_ids,
     token_nlls,
 )
-from lstmkit.models.lm import build_language_model
+from lstmkit.lm.model import build_language_model
 
 V = 30
 

@@ -67,12 +67,3 @@ def read_text_or_latin1(path: str | Path) -> DecodedText:
         raise UserError(f"{path}: file is empty")
     return decoded
 
-
-def read_word_lines(path: str | Path, eos: str | None) -> list[list[str]]:
-    """Whitespace-split tokens of each line; each line break becomes `eos` (if given)."""
-    text = read_text(path)
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()  # the final newline ends the last line, it does not start a new one
-    tail = [eos] if eos else []
-    return [line.split() + tail for line in lines]

@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lstmkit.config import preset
-from lstmkit.evaluate import perplexity, stream_perplexity
-from lstmkit.models.lm import build_language_model
+from lstmkit.lm.config import preset
+from lstmkit.lm.evaluate import perplexity, stream_perplexity
+from lstmkit.lm.model import build_language_model
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 import torch
 
-from lstmkit.data.batching import batch_rows, bptt_windows, epoch_size
+from lstmkit.lm.batching import batch_rows, bptt_windows, epoch_size
 
 
 def test_rows_and_windows_match_the_hand_worked_example():

@@ -1,6 +1,6 @@
 """Training the word- or char-level language model: SGD/Adam, decay schedule, clipping, TBPTT.
 
-One epoch walks the batch rows window by window (see data/batching.py). The cost of a window
+One epoch walks the batch rows window by window (see lm/batching.py). The cost of a window
 is the summed next-token cross-entropy over its time steps, averaged over the batch (the
 tutorial's cost, whose scale the learning rate of 1.0 assumes). After each epoch: valid
 perplexity and a checkpoint; at the end: test perplexity on one stream and the fast shape.
@@ -17,46 +17,38 @@ from pathlib import Path
 import torch
 
 from lstmkit.checkpoint import remove_stale_temporaries
-from lstmkit.config import LMConfig
-from lstmkit.data.batching import batch_rows, bptt_windows, epoch_size
 from lstmkit.device import autocast, check_precision, resolve_device, resolve_precision
 from lstmkit.distributed import World, joined, launched_world, rank_console
 from lstmkit.errors import UserError, model_fits
-from lstmkit.evaluate import perplexity, stream_perplexity
-from lstmkit.models.lm import LanguageModel, build_language_model
-from lstmkit.models.recurrent import detach_state
-from lstmkit.reporting import Console, MetricsLog, plot_learning_curve
-from lstmkit.runs import (
-    BEST_FILE,
-    CURVE_FILE,
-    METRICS_FILE,
-    MODEL_FILE,
+from lstmkit.lm.batching import batch_rows, bptt_windows, epoch_size
+from lstmkit.lm.config import LMConfig
+from lstmkit.lm.data import TokenSplits
+from lstmkit.lm.evaluate import perplexity, stream_perplexity
+from lstmkit.lm.model import LanguageModel, build_language_model
+from lstmkit.lm.runs import (
     LoadedLM,
     Progress,
     carried_state,
-    clear_run,
     load_lm,
-    prepare_run_dir,
-    refuse_to_replace,
     restore_optimizer,
     restore_rng,
     save_lm_checkpoint,
 )
-from lstmkit.vocab import Vocab
+from lstmkit.nn.recurrent import detach_state
+from lstmkit.reporting import Console, MetricsLog, plot_learning_curve
+from lstmkit.rundir import (
+    BEST_FILE,
+    CURVE_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    clear_run,
+    prepare_run_dir,
+    refuse_to_replace,
+)
 
 REPORTS_PER_EPOCH = 10
 ROLLBACK_LR_FACTOR = 0.5  # on_nan rollback: each rollback halves the learning rate
 MAX_ROLLBACKS_IN_A_ROW = 3  # to the same checkpoint; one more fault there stops the run
-
-
-@dataclass(frozen=True)
-class TokenSplits:
-    """Encoded train/valid/test streams and the vocabulary they were encoded with."""
-    vocab: Vocab
-    train: torch.Tensor
-    valid: torch.Tensor
-    test: torch.Tensor
-    level: str = "word"
 
 
 @dataclass(frozen=True)
@@ -84,9 +76,11 @@ FIXED_ON_RESUME = ("cell", "num_layers", "hidden_size", "batch_size", "num_steps
 
 
 def train_language_model(config: LMConfig, data: TokenSplits, save_path: str | Path | None,
-                         resume: bool = False, console: Console | None = None,
+                         resumed: LoadedLM | None = None, console: Console | None = None,
                          overwrite: bool = False) -> TrainResult:
     """Train, checkpointing into `save_path`; data-parallel when launched by torchrun.
+
+    `resumed` is the run in `save_path` as loaded to continue it (`lm.api.resumable_run`).
 
     Under torchrun every rank runs this with the same arguments (see distributed.py): each
     trains on its share of every batch's rows, and rank 0 alone talks and writes.
@@ -96,10 +90,10 @@ def train_language_model(config: LMConfig, data: TokenSplits, save_path: str | P
     console = rank_console(console, world)
     device = resolve_device(config.device)
     check_precision(config.precision, device)
-    if not resume:
+    if resumed is None:
         refuse_to_replace(save_path, overwrite, resumable=True)
     with joined(world, device) as world:
-        return _train(config, data, save_path, resume, console, world)
+        return _train_run(config, data, save_path, resumed, console, world)
 
 
 def _precision_label(config: LMConfig, device: torch.device) -> str:
@@ -107,9 +101,10 @@ def _precision_label(config: LMConfig, device: torch.device) -> str:
     return f"{resolved} (auto)" if config.precision == "auto" else resolved
 
 
-def _train(config: LMConfig, data: TokenSplits, save_path: str | Path | None, resume: bool,
-           console: Console, world: World) -> TrainResult:
+def _train_run(config: LMConfig, data: TokenSplits, save_path: str | Path | None,
+               resumed: LoadedLM | None, console: Console, world: World) -> TrainResult:
     device = world.device
+    resume = resumed is not None
     windows = _check_fit(config, data, save_path)  # before any file of the run is touched
     if not resume:  # a model too big for memory is refused before the run directory exists
         torch.manual_seed(config.seed)
@@ -119,7 +114,7 @@ def _train(config: LMConfig, data: TokenSplits, save_path: str | Path | None, re
     metrics = MetricsLog(run_dir / METRICS_FILE if run_dir and world.is_main else None)
 
     if resume:
-        model, optimizer, progress, carried = _resume(config, data, run_dir, world, metrics)
+        model, optimizer, progress, carried = _resume(config, data, resumed, world, metrics)
         console.say(f"Resuming {run_dir / MODEL_FILE} at epoch {progress.epoch}, "
                     f"step {progress.step}")
     else:
@@ -342,16 +337,11 @@ class _Saver:
                            self.data.level, self.optimizer, progress, carried, rank_rng)
 
 
-def _resume(config: LMConfig, data: TokenSplits, run_dir: Path | None, world: World,
+def _resume(config: LMConfig, data: TokenSplits, loaded: LoadedLM, world: World,
             metrics: MetricsLog):
-    """Every rank reads the checkpoint (only rank 0 writes, later) and takes its rows' state."""
-    device = world.device
-    if run_dir is None:
-        raise UserError("--resume needs --save-path (the run directory to continue)")
-    path = run_dir / MODEL_FILE
-    if not path.exists():
-        raise UserError(f"{path}: no checkpoint to resume from (train without --resume first)")
-    loaded = load_lm(path, device)
+    """Every rank has read the checkpoint (only rank 0 writes, later); each takes its rows'
+    state."""
+    path = loaded.path
     if loaded.vocab.tokens != data.vocab.tokens:
         raise UserError(f"{path}: the checkpoint's vocabulary ({len(loaded.vocab)} tokens) "
                         f"does not match the data's ({len(data.vocab)} tokens)")
@@ -363,7 +353,7 @@ def _resume(config: LMConfig, data: TokenSplits, run_dir: Path | None, world: Wo
         if saved != asked:
             raise UserError(f"{path}: the run trains with {name} {saved}; it cannot resume "
                             f"with {name} {asked} (start a new run for that)")
-    model = loaded.model
+    model = loaded.model.to(world.device)
     optimizer = make_optimizer(config, model)
     progress, carried = _restore(loaded, optimizer, config, world, metrics)
     return model, optimizer, progress, carried

@@ -1,1 +1,0 @@
-"""Corpus reading, BPTT batching and data download."""

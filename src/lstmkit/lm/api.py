@@ -1,0 +1,255 @@
+"""The language model's Python API: each `lstmkit` command is one call here.
+
+>>> result = lstmkit.train(TextSource(data_dir="data/ptb"), preset="small", save_path="runs/s")
+>>> run = lstmkit.load("runs/s")
+>>> run.sample(prime="the", length=20, seed=1)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lstmkit.device import DEVICES, PRECISIONS, check_precision, resolve_device, saved_precision
+from lstmkit.distributed import rank_console
+from lstmkit.download import download_ptb
+from lstmkit.errors import UserError
+from lstmkit.lm import generate
+from lstmkit.lm.config import (
+    PRESETS,
+    LMConfig,
+    apply_overrides,
+    field_names,
+    load_config_file,
+    preset,
+)
+from lstmkit.lm.data import (
+    LEVELS,
+    SPLITS,
+    check_level,
+    encode_file,
+    encode_text,
+    load_text_corpus,
+    ptb_files,
+)
+from lstmkit.lm.evaluate import Perplexity, perplexity, stream_perplexity
+from lstmkit.lm.runs import LoadedLM, load_lm
+from lstmkit.lm.train import TrainResult, train_language_model
+from lstmkit.reporting import Console
+from lstmkit.rundir import MODEL_FILE, checkpoint_file
+from lstmkit.text import read_text
+from lstmkit.vocab import EOS
+
+# What the command line offers, from the modules that own each list.
+__all__ = ["DEVICES", "LEVELS", "MODEL_FILE", "PRECISIONS", "PRESETS", "SPLITS",
+           "LanguageModelRun", "TextSource", "download_ptb", "evaluate_ptb", "field_names",
+           "load", "train", "train_ptb", "train_text"]
+
+
+@dataclass(frozen=True)
+class TextSource:
+    """Where the text comes from: PTB (a directory, `$LSTMKIT_DATA`, or downloaded), one UTF-8
+    file split 90/5/5, or three files; `vocab_size` caps the vocabulary (<unk> for the rest)."""
+    data_dir: str | Path | None = None
+    download: bool = False
+    data_file: str | Path | None = None
+    train_file: str | Path | None = None
+    valid_file: str | Path | None = None
+    test_file: str | Path | None = None
+    vocab_size: int | None = None
+
+    def files(self) -> dict[str, str | Path | None]:
+        """`data_file` or `train_file`/`valid_file`/`test_file`, PTB's when no file is named."""
+        files = {"data_file": self.data_file, "train_file": self.train_file,
+                 "valid_file": self.valid_file, "test_file": self.test_file}
+        if any(f is not None for f in files.values()):
+            if self.data_dir is not None or self.download:
+                raise UserError("give PTB (--data-dir/--download) or text files (--data-file, "
+                                "or --train-file/--valid-file/--test-file), not both")
+            return files
+        data_dir = self.data_dir
+        if data_dir is None and self.download:
+            data_dir = download_ptb()
+        return dict(ptb_files(data_dir))
+
+
+def train(source: TextSource, *, preset_name: str = "small",
+          config_file: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
+          level: str | None = None, save_path: str | Path | None = None, resume: bool = False,
+          overwrite: bool = False, console: Console | None = None) -> TrainResult:
+    """`lstmkit train`: the config is the preset (or, with `resume`, the run's own), then the
+    config file, then `overrides`; a fresh run refuses a `save_path` holding a run unless
+    `overwrite`."""
+    resumed = resumable_run(save_path, overwrite) if resume else None
+    config = resumed.config if resumed is not None else preset(preset_name)
+    if config_file:
+        config = apply_overrides(config, load_config_file(config_file), str(config_file))
+    config = apply_overrides(config, overrides or {}, "command line")
+    return train_text(config, level, source, save_path=save_path, resumed=resumed,
+                      console=console, overwrite=overwrite)
+
+
+def resumable_run(save_path: str | Path | None, overwrite: bool = False) -> LoadedLM:
+    """The run in `save_path` to continue (read once: its config, weights and position)."""
+    if overwrite:
+        raise UserError("--resume continues the run in --save-path and --overwrite replaces "
+                        "it: give one of them")
+    if not save_path:
+        raise UserError("--resume needs --save-path (the run directory to continue)")
+    path = checkpoint_file(save_path)
+    if not Path(save_path).is_dir() or not path.exists():
+        raise UserError(f"{Path(save_path) / path.name}: no checkpoint to resume from (train "
+                        f"without --resume first)")
+    return load_lm(save_path)
+
+
+def train_text(config: LMConfig, level: str | None = None, source: TextSource | None = None, *,
+               save_path: str | Path | None = None, resumed: LoadedLM | None = None,
+               console: Console | None = None, overwrite: bool = False) -> TrainResult:
+    """Train a word- or char-level model on `source` with a complete `config`.
+
+    `resumed` (see `resumable_run`) continues that run. `level` defaults to the resumed run's,
+    else "word". On resume, `source.vocab_size` defaults to the size of the run's vocabulary,
+    which rebuilds that vocabulary from the same training text.
+    """
+    console = rank_console(console)  # silent off rank 0 under torchrun
+    source = source or TextSource()
+    vocab_size = source.vocab_size
+    if resumed is not None:
+        if level is not None and check_level(level) != resumed.level:
+            raise UserError(f"{resumed.path}: the run is {resumed.level}-level; cannot resume "
+                            f"it at the {level} level")
+        level = resumed.level
+        vocab_size = vocab_size if vocab_size is not None else len(resumed.vocab)
+    level = check_level(level or "word")
+    corpus = load_text_corpus(level, **source.files(), vocab_size=vocab_size)
+    unit = "char" if level == "char" else "token"
+    console.say(f"{level}-level data: {corpus.description}: train {corpus.train.numel():,}, "
+                f"valid {corpus.valid.numel():,}, test {corpus.test.numel():,} {unit}s; "
+                f"vocabulary {len(corpus.vocab):,}"
+                + (f" (with {corpus.vocab.unk})" if corpus.vocab.unk else ""))
+    return train_language_model(config, corpus, save_path, resumed, console, overwrite)
+
+
+def train_ptb(config: LMConfig, data_dir: str | Path | None, save_path: str | Path | None,
+              resume: bool = False, console: Console | None = None,
+              overwrite: bool = False) -> TrainResult:
+    """PTB's three files as word-level text, with a complete `config`."""
+    resumed = resumable_run(save_path, overwrite) if resume else None
+    return train_text(config, "word", TextSource(data_dir=data_dir), save_path=save_path,
+                      resumed=resumed, console=console, overwrite=overwrite)
+
+
+def evaluate_ptb(model_path: str | Path, data_dir: str | Path | None, split: str = "test",
+                 batch_size: int | None = None, num_steps: int | None = None,
+                 stream: bool = False, device: str = "auto",
+                 precision: str | None = None) -> Perplexity:
+    """Perplexity of a saved model on one PTB split (no training data needed but that file).
+
+    The fast shape is the model's evaluation shape unless `batch_size`/`num_steps` are given;
+    `stream` is the tutorial's one unbroken stream (batch 1).
+    """
+    for name, value in (("batch_size", batch_size), ("num_steps", num_steps)):
+        flag = f"--{name.replace('_', '-')}"
+        if value is not None and value <= 0:
+            raise UserError(f"{flag} must be positive, got {value}")
+        if value is not None and stream:
+            raise UserError(f"{flag} sets the fast shape; --stream is always one row (give "
+                            f"one of them)")
+    loaded = load_lm(model_path, resolve_device(device))
+    ids = encode_file(loaded.vocab, ptb_files(data_dir)[f"{split}_file"], loaded.level)
+    precision = precision or saved_precision(loaded.config.precision)
+    check_precision(precision, next(loaded.model.parameters()).device)
+    if stream:
+        return stream_perplexity(loaded.model, ids, precision)
+    return perplexity(loaded.model, ids, batch_size or loaded.config.eval_batch_size,
+                      num_steps or loaded.config.eval_num_steps, precision)
+
+
+DEFAULT_SAMPLE_LENGTH = {"char": 500, "word": 100}
+
+
+class LanguageModelRun:
+    """A saved word- or char-level language model: sample from it, score text with it.
+
+    >>> run = lstmkit.load("runs/shakespeare")
+    >>> print(run.sample(prime="ROMEO:", length=200, temperature=0.8, seed=1))
+    >>> run.score("To be, or not to be, that is the question.").perplexity
+    """
+
+    def __init__(self, loaded: LoadedLM) -> None:
+        self.loaded = loaded
+        self.model = loaded.model.eval()
+        self.vocab = loaded.vocab
+        self.config = loaded.config
+        self.level = loaded.level
+
+    def encode(self, text: str, where: str = "text") -> torch.Tensor:
+        """Ids of `text`, tokenised as the training data was (word: with <eos> per line)."""
+        return encode_text(self.vocab, text, self.level, where)[0]
+
+    def generate(self, prime: str = "", length: int | None = None, temperature: float = 1.0,
+                 top_k: int | None = None, seed: int | None = None) -> Iterator[str]:
+        """Yield the text piece by piece: first the prime, then each token as it is drawn.
+
+        `length` tokens are drawn (default: 500 characters or 100 words); temperature 0 is
+        greedy; `top_k` keeps only the k most likely tokens; the same `seed` gives the same text.
+
+        Words are joined by spaces and <eos> becomes a line break; characters are as they are.
+        Sampling starts after a line break (<eos>, or a newline for char models) so a prime, or
+        the first token, begins a line as in the training text.
+        """
+        length = DEFAULT_SAMPLE_LENGTH[self.level] if length is None else length
+        generate.check_sampling(length, temperature, top_k)
+        generator = generate.make_generator(seed)
+        prime_ids = self.encode(prime, where="prime").tolist() if prime else []
+        if self.level == "word" and prime and not prime.endswith("\n"):
+            prime_ids = prime_ids[:-1]  # the <eos> that tokenising gives the last line
+        start = EOS if self.level == "word" else "\n"
+        context = ([self.vocab.index[start]] if start in self.vocab else []) + prime_ids
+        context = context or [0]  # no line break in the vocabulary: its most frequent token
+        pieces = generate.Detokenizer(self.level)
+        for token in self.vocab.decode(prime_ids):
+            yield pieces.text_of(token)
+        for next_id in generate.sample_ids(self.model, context, length, temperature, top_k,
+                                           generator):
+            yield pieces.text_of(self.vocab.tokens[next_id])
+
+    def sample(self, prime: str = "", length: int | None = None, temperature: float = 1.0,
+               top_k: int | None = None, seed: int | None = None,
+               on_text: Callable[[str], object] | None = None) -> str:
+        """The prime and `length` sampled tokens as one string; `on_text` sees each piece."""
+        out = []
+        for piece in self.generate(prime, length, temperature, top_k, seed):
+            out.append(piece)
+            if on_text is not None:
+                on_text(piece)
+        return "".join(out)
+
+    def score(self, text: str, per_line: bool = False, precision: str | None = None,
+              where: str = "text") -> generate.TextScore:
+        """Log-probability of `text` as one stream (its first token is context only).
+
+        Equals `evaluate --stream` on the same text; with `per_line`, each line's share too.
+        """
+        ids, line_lengths = encode_text(self.vocab, text, self.level, where)
+        precision = precision or saved_precision(self.config.precision)
+        check_precision(precision, next(self.model.parameters()).device)
+        if ids.numel() < 2:
+            raise UserError(f"{where}: {ids.numel()} token(s) are too few to score (the first "
+                            f"is context only)")
+        return generate.score_ids(self.model, ids,
+                                  line_lengths if per_line else None, precision)
+
+    def score_file(self, path: str | Path, per_line: bool = False,
+                   precision: str | None = None) -> generate.TextScore:
+        return self.score(read_text(path), per_line, precision, where=str(path))
+
+
+def load(path: str | Path, device: str = "cpu") -> LanguageModelRun:
+    """A saved language model (run directory or checkpoint file), ready to sample and score."""
+    return LanguageModelRun(load_lm(path, resolve_device(device)))

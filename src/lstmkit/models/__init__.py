@@ -1,1 +1,0 @@
-"""Models: the recurrent language model and the building blocks it shares."""
