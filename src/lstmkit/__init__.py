@@ -4,13 +4,13 @@ from lstmkit.errors import UserError
 from lstmkit.lm.config import PRESETS, LMConfig, preset
 
 __version__ = "0.1.0"
-__all__ = ["PRESETS", "LMConfig", "LanguageModelRun", "UserError", "__version__", "load",
-           "preset"]
+__all__ = ["PRESETS", "LMConfig", "LanguageModelRun", "TextSource", "UserError", "__version__",
+           "load", "preset", "train"]
 
 
 def __getattr__(name: str):
     # `lstmkit.load(path)` without importing torch on a bare `import lstmkit`.
-    if name in ("load", "LanguageModelRun"):
+    if name in ("load", "LanguageModelRun", "TextSource", "train"):
         from lstmkit.lm import api
 
         return getattr(api, name)

@@ -1,0 +1,1 @@
+"""The language model: config and presets, data, model, training, evaluation, generation, API."""

@@ -1,0 +1,1 @@
+"""Reusable layers: recurrent stacks, the fused softmax layer, native kernels."""
