@@ -1,17 +1,21 @@
-"""Training and evaluation words/s: lstmkit's path against a hand-written PyTorch baseline.
+"""Training and evaluation words/s: lstmkit's path against hand-written PyTorch baselines.
 
-The baseline is what a user writes by hand: nn.Embedding -> nn.LSTM -> nn.Linear in fp32,
-F.cross_entropy, SGD, clip_grad_norm_, with the same preset, data, batch shape and seed.
-Both run in this one process, interleaved (A B A B ...) after warm-up, so a noisy shared
-machine slows both alike; we report medians and the ratio of medians. One JSON line per preset.
+The baselines are what a user writes by hand: nn.Embedding -> nn.LSTM -> nn.Linear,
+F.cross_entropy, SGD, clip_grad_norm_, with the same preset, data, batch shape and seed:
+`plain_fp32`, and on a CPU with native bf16 products also `plain_bf16`, the same code under
+`torch.autocast("cpu", dtype=torch.bfloat16)` (one line more, the strongest simple baseline).
+All run in this one process, interleaved after warm-up, the order rotating every repetition,
+so a noisy machine slows all alike; we report medians and ratios of medians. One JSON line per
+preset and cell, naming the CPU's instruction sets and the implementation that ran.
 
-    python bench/throughput.py --presets small medium --data-dir ../shared/data/ptb
+    python bench/throughput.py --presets small medium large --data-dir ../shared/data/ptb
     python bench/throughput.py --presets small --cells lstm gru --data-dir ../shared/data/ptb
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -47,7 +51,10 @@ class HandWrittenLM(nn.Module):
         return self.fc(self.drop(out)), state
 
 
-def baseline_runner(config, vocab_size):
+def baseline_runner(config, vocab_size, precision="fp32"):
+    """The hand-written model; `precision` bf16 wraps its forward passes in bf16 autocast."""
+    mixed = (torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16"
+             else contextlib.nullcontext())
     model = HandWrittenLM(vocab_size, config.hidden_size, config.num_layers, 1 - config.keep_prob,
                           config.cell)
     for p in model.parameters():
@@ -66,8 +73,10 @@ def baseline_runner(config, vocab_size):
 
     def train_step(x, y):
         model.train()
-        logits, new = model(x, detached(state[0]))
-        loss = F.cross_entropy(logits.reshape(-1, vocab_size), y.reshape(-1)) * config.num_steps
+        with mixed:
+            logits, new = model(x, detached(state[0]))
+            loss = F.cross_entropy(logits.reshape(-1, vocab_size), y.reshape(-1)) * \
+                config.num_steps
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
@@ -80,9 +89,12 @@ def baseline_runner(config, vocab_size):
         model.eval()
         if carried is None:
             carried = zeros(x.size(0))
-        logits, carried = model(x, carried)
-        F.cross_entropy(logits.reshape(-1, vocab_size), y.reshape(-1), reduction="sum").item()
-        return carried
+        with mixed:
+            logits, carried = model(x, carried)
+            F.cross_entropy(logits.reshape(-1, vocab_size).float(), y.reshape(-1),
+                            reduction="sum").item()
+        return tuple(t.float() for t in carried) if isinstance(carried, tuple) else \
+            carried.float()
 
     return train_step, eval_step
 
@@ -151,69 +163,76 @@ def bench_preset(name, cell, args, ids, vocab_size) -> dict:
     resolved = resolve_precision(config.precision, torch.device("cpu"))
     torch.manual_seed(0)
     runners = {"lstmkit": lstmkit_runner(config, vocab_size),
-               "baseline": baseline_runner(config, vocab_size)}
+               "plain_fp32": baseline_runner(config, vocab_size, "fp32")}
+    if cpu_has_native_bf16():
+        runners["plain_bf16"] = baseline_runner(config, vocab_size, "bf16")
     rows = batch_rows(ids, config.batch_size)
     windows = list(bptt_windows(rows, config.num_steps))
     eval_rows = batch_rows(ids, config.eval_batch_size)
     eval_windows = list(bptt_windows(eval_rows, config.eval_num_steps))
-    # The batch-1 test stream, in lstmkit's chunks for both (the chunk length sets only speed).
+    # The batch-1 test stream, in lstmkit's chunks for all (the chunk length sets only speed).
     stream_windows = list(bptt_windows(batch_rows(ids[:20_001], 1), STREAM_NUM_STEPS))
-    n, ne = args.steps, max(args.steps // 2, 1)
-    train = {k: [] for k in runners}
-    evals = {k: [] for k in runners}
-    streams = {k: [] for k in runners}
+    n = args.large_steps if name == "large" else args.steps
+    ne = max(n // 2, 1)
+    timings = {kind: {k: [] for k in runners} for kind in ("train", "eval", "stream")}
     for train_step, eval_step in runners.values():  # warm-up
         timed_train(train_step, windows[:args.warmup])
         timed_eval(eval_step, eval_windows[:args.warmup])
         timed_eval(eval_step, stream_windows[:args.warmup])
+    order = list(runners)
     for rep in range(args.repeats):
         chunk = windows[(rep * n) % max(len(windows) - n, 1):][:n]
         echunk = eval_windows[(rep * ne) % max(len(eval_windows) - ne, 1):][:ne]
-        for who, (train_step, eval_step) in runners.items():
-            train[who].append(timed_train(train_step, chunk))
-            evals[who].append(timed_eval(eval_step, echunk))
-            streams[who].append(timed_eval(eval_step, stream_windows[:args.steps]))
-    med = {k: statistics.median(v) for k, v in train.items()}
-    emed = {k: statistics.median(v) for k, v in evals.items()}
-    smed = {k: statistics.median(v) for k, v in streams.items()}
-    return {
-        "preset": name, "cell": cell, "precision": resolved,
-        "train_words_per_sec": {k: round(v) for k, v in med.items()},
-        "train_ratio": round(med["lstmkit"] / med["baseline"], 2),
-        "eval_words_per_sec": {k: round(v) for k, v in emed.items()},
-        "eval_ratio": round(emed["lstmkit"] / emed["baseline"], 2),
+        for who in order[rep % len(order):] + order[:rep % len(order)]:
+            train_step, eval_step = runners[who]
+            timings["train"][who].append(timed_train(train_step, chunk))
+            timings["eval"][who].append(timed_eval(eval_step, echunk))
+            timings["stream"][who].append(timed_eval(eval_step, stream_windows[:n * 2]))
+    result = {"preset": name, "cell": cell, "precision": resolved,
+              "implementation": implementation(config)}
+    for kind, runs in timings.items():
+        med = {k: statistics.median(v) for k, v in runs.items()}
+        result[f"{kind}_words_per_sec"] = {k: round(v) for k, v in med.items()}
+        for base in (k for k in med if k != "lstmkit"):
+            result[f"{kind}_ratio_vs_{base}"] = round(med["lstmkit"] / med[base], 2)
+    result.update({
         "eval_shape": f"batch {config.eval_batch_size} x {config.eval_num_steps} steps",
-        "stream_words_per_sec": {k: round(v) for k, v in smed.items()},
-        "stream_ratio": round(smed["lstmkit"] / smed["baseline"], 2),
         "stream_shape": f"batch 1 x {STREAM_NUM_STEPS} steps",
-        "repeats": args.repeats, "steps_per_repeat": n,
-        "machine": machine(),
-    }
+        "repeats": args.repeats, "steps_per_repeat": n, "machine": machine()})
+    return result
+
+
+def implementation(config) -> dict:
+    """Which code ran: the softmax kernel or its fallback, and the recurrent layer."""
+    from lstmkit.nn import kernels
+    return {"softmax": kernels.implementation("softmax_xent"), "recurrent": config.cell}
 
 
 def machine() -> dict:
+    from lstmkit.nn.kernels import cpu_isa
+
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
             cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
     except (OSError, StopIteration):
         pass
-    isa = ("avx512" if torch.cpu._is_avx512_supported() else
-           "avx2" if torch.cpu._is_avx2_supported() else "other")
-    return {"cpu": cpu, "isa": isa, "native_bf16": cpu_has_native_bf16(),
+    return {"cpu": cpu, "isa": cpu_isa(), "native_bf16": cpu_has_native_bf16(),
             "cores": os.cpu_count(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version()}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--presets", nargs="+", default=["small", "medium"])
+    p.add_argument("--presets", nargs="+", default=["small", "medium", "large"])
     p.add_argument("--data-dir", default=os.environ.get("LSTMKIT_DATA"))
     p.add_argument("--precision", default="auto",
                    help="lstmkit's precision (auto: bf16 where the CPU has native bf16)")
     p.add_argument("--cells", nargs="+", default=["lstm"], choices=sorted(RNN_MODULES),
                    help="recurrent cell (the baseline uses the same PyTorch module)")
     p.add_argument("--steps", type=int, default=30, help="training windows per repetition")
+    p.add_argument("--large-steps", type=int, default=4,
+                   help="training windows per repetition for large (a window takes seconds)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=5)
     args = p.parse_args(argv)

@@ -26,7 +26,9 @@ from lstmkit.cli import main
 from lstmkit.distributed import TIMEOUT_ENV
 from lstmkit.lm.runs import load_lm
 
-LM = ["--preset", "test", "--hidden-size", "16", "--batch-size", "4", "--num-steps", "5"]
+# fp32: the test compares two processes with one to 1e-5, below bf16's rounding.
+LM = ["--preset", "test", "--hidden-size", "16", "--batch-size", "4", "--num-steps", "5",
+      "--precision", "fp32"]
 CLASSIFIER = ["--layer-sizes", "16,8", "--embed-size", "16", "--batch-size", "16",
               "--epochs", "2", "--learning-rate", "0.01", "--embed-dropout", "0",
               "--dropout", "0"]

@@ -9,7 +9,7 @@ __all__ = ["PRESETS", "LMConfig", "LanguageModelRun", "TextSource", "UserError",
 
 
 def __getattr__(name: str):
-    # `lstmkit.load(path)` without importing torch on a bare `import lstmkit`.
+    # The API (and with it the model code) is imported on first use of these names.
     if name in ("load", "LanguageModelRun", "TextSource", "train"):
         from lstmkit.lm import api
 
