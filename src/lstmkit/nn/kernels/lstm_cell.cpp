@@ -392,8 +392,12 @@ inline int64_t k_padded(int64_t K) {
 
 // Forward panels: block nb is B[k, kk * NB + u] = W[kk * H + nb * NB + u, k], K = Kp rows
 // (zero beyond H), N = 4 NB columns (zero beyond unit H).
-template <typename T>
-at::Tensor pack_forward(const T* W, int64_t H, int64_t NB, int64_t nblk, int64_t Kp,
+inline uint16_t convert(float v, uint16_t*) { return float_to_bf16(v); }
+inline uint16_t convert(uint16_t v, uint16_t*) { return v; }
+inline float convert(float v, float*) { return v; }
+
+template <typename T, typename S>
+at::Tensor pack_forward(const S* W, int64_t H, int64_t NB, int64_t nblk, int64_t Kp,
                         at::TensorOptions opts) {
   const int64_t N = 4 * NB, panel = Kp * N;
   at::Tensor out = at::zeros({nblk * panel}, opts);
@@ -405,9 +409,9 @@ at::Tensor pack_forward(const T* W, int64_t H, int64_t NB, int64_t nblk, int64_t
         for (int64_t u = 0; u < NB; ++u) {
           const int64_t j = nb * NB + u;
           if (j >= H) break;
-          const T* row = W + (kk * H + j) * H;
+          const S* row = W + (kk * H + j) * H;
           const int64_t n = kk * NB + u;
-          for (int64_t k = 0; k < H; ++k) pan[b_index<T>(k, n, N)] = row[k];
+          for (int64_t k = 0; k < H; ++k) pan[b_index<T>(k, n, N)] = convert(row[k], pan);
         }
       }
     }
@@ -416,8 +420,8 @@ at::Tensor pack_forward(const T* W, int64_t H, int64_t NB, int64_t nblk, int64_t
 }
 
 // Backward panels: block nb is B[k, u] = W[k, nb * NB + u] for k < 4H, N = NB columns.
-template <typename T>
-at::Tensor pack_backward(const T* W, int64_t H, int64_t NB, int64_t nblk,
+template <typename T, typename S>
+at::Tensor pack_backward(const S* W, int64_t H, int64_t NB, int64_t nblk,
                          at::TensorOptions opts) {
   const int64_t K = 4 * H, panel = K * NB;
   at::Tensor out = at::zeros({nblk * panel}, opts);
@@ -427,8 +431,8 @@ at::Tensor pack_backward(const T* W, int64_t H, int64_t NB, int64_t nblk,
       T* pan = P + nb * panel;
       const int64_t width = std::min(NB, H - nb * NB);
       for (int64_t k = 0; k < K; ++k) {
-        const T* row = W + k * H + nb * NB;
-        for (int64_t u = 0; u < width; ++u) pan[b_index<T>(k, u, NB)] = row[u];
+        const S* row = W + k * H + nb * NB;
+        for (int64_t u = 0; u < width; ++u) pan[b_index<T>(k, u, NB)] = convert(row[u], pan);
       }
     }
   });
@@ -440,6 +444,22 @@ T* ptr(const at::Tensor& t) {
   return reinterpret_cast<T*>(t.data_ptr());
 }
 
+// The weight (fp32 or bf16) packed for compute dtype T, converting on the way.
+template <typename T>
+at::Tensor packed_weight(const at::Tensor& w, bool backward, int64_t NB) {
+  const int64_t H = w.size(1), nblk = (H + NB - 1) / NB;
+  const auto opts = w.options().dtype(std::is_same_v<T, float> ? at::kFloat : at::kBFloat16);
+  if (w.scalar_type() == at::kFloat) {
+    const float* W = w.data_ptr<float>();
+    return backward ? pack_backward<T>(W, H, NB, nblk, opts)
+                    : pack_forward<T>(W, H, NB, nblk, k_padded<T>(H), opts);
+  }
+  TORCH_CHECK((std::is_same_v<T, uint16_t>), "a bf16 weight needs the bf16 compute dtype");
+  const uint16_t* W = ptr<uint16_t>(w);
+  return backward ? pack_backward<T>(W, H, NB, nblk, opts)
+                  : pack_forward<T>(W, H, NB, nblk, k_padded<T>(H), opts);
+}
+
 // xproj [T, B, 4H] (x W_ih^T, no bias), bias fp32 [4H], w_hh [4H, H], h0/c0 fp32 [B, H].
 // Returns hs [T + 1, B, Hk] (T dtype; hs[0] = h0; columns past H are zero), h_n fp32,
 // c_n fp32, and when save: cs fp32 [T + 1, B, H] (cs[0] = c0), gates fp32 [T, B, 4H].
@@ -449,7 +469,7 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& xproj, const at::Tensor& 
                                      const at::Tensor& c0, bool save, int64_t NB) {
   const int64_t Tn = xproj.size(0), B = xproj.size(1), H = w_hh.size(1);
   const int64_t Kp = k_padded<T>(H), nblk = (H + NB - 1) / NB, N = 4 * NB;
-  at::Tensor packed = pack_forward<T>(ptr<T>(w_hh), H, NB, nblk, Kp, w_hh.options());
+  at::Tensor packed = packed_weight<T>(w_hh, false, NB);
   const auto f32 = h0.options().dtype(at::kFloat);
   at::Tensor hs = at::empty({Tn + 1, B, Kp}, xproj.options());
   if (Kp > H) hs.narrow(2, H, Kp - H).zero_();
@@ -506,8 +526,8 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& dout, const at::Tensor& 
   const int64_t Tn = gates.size(0), B = gates.size(1), H = w_hh.size(1), K = 4 * H;
   const int64_t nblk = (H + NB - 1) / NB;
   const auto f32 = cs.options();
-  at::Tensor packed = pack_backward<T>(ptr<T>(w_hh), H, NB, nblk, w_hh.options());
-  at::Tensor dgates = at::empty({Tn, B, K}, w_hh.options());
+  at::Tensor packed = packed_weight<T>(w_hh, true, NB);
+  at::Tensor dgates = at::empty({Tn, B, K}, packed.options());
   at::Tensor db = at::zeros({K}, f32);
   at::Tensor dc = dcn.defined() ? dcn.clone() : at::zeros({B, H}, f32);
   at::Tensor dh0 = at::empty({B, H}, f32);
@@ -572,8 +592,8 @@ std::vector<at::Tensor> lstm_forward(at::Tensor xproj, at::Tensor bias, at::Tens
   check_common(w_hh, NB);
   const int64_t H = w_hh.size(1);
   TORCH_CHECK(xproj.dim() == 3 && xproj.size(2) == 4 * H && xproj.is_contiguous() &&
-                  xproj.scalar_type() == w_hh.scalar_type(),
-              "xproj must be contiguous [T, B, 4H] in w_hh's dtype");
+                  (xproj.scalar_type() == at::kFloat || xproj.scalar_type() == at::kBFloat16),
+              "xproj must be contiguous float32 or bfloat16 [T, B, 4H] (the compute dtype)");
   const int64_t B = xproj.size(1);
   for (const at::Tensor* s : {&h0, &c0}) {
     TORCH_CHECK(s->scalar_type() == at::kFloat && s->is_contiguous() && s->dim() == 2 &&
@@ -582,15 +602,16 @@ std::vector<at::Tensor> lstm_forward(at::Tensor xproj, at::Tensor bias, at::Tens
   }
   TORCH_CHECK(bias.scalar_type() == at::kFloat && bias.is_contiguous() && bias.numel() == 4 * H,
               "bias must be contiguous float32 [4H]");
-  if (w_hh.scalar_type() == at::kFloat) return forward_impl<float>(xproj, bias, w_hh, h0, c0, save, NB);
+  if (xproj.scalar_type() == at::kFloat) return forward_impl<float>(xproj, bias, w_hh, h0, c0, save, NB);
   return forward_impl<uint16_t>(xproj, bias, w_hh, h0, c0, save, NB);
 }
 
 std::vector<at::Tensor> lstm_backward(c10::optional<at::Tensor> dout,
                                       c10::optional<at::Tensor> dhn,
                                       c10::optional<at::Tensor> dcn, at::Tensor gates,
-                                      at::Tensor cs, at::Tensor w_hh, int64_t NB) {
+                                      at::Tensor cs, at::Tensor w_hh, bool bf16, int64_t NB) {
   check_common(w_hh, NB);
+  const auto compute = bf16 ? at::kBFloat16 : at::kFloat;
   const int64_t H = w_hh.size(1);
   TORCH_CHECK(gates.dim() == 3 && gates.size(2) == 4 * H && gates.is_contiguous() &&
                   gates.scalar_type() == at::kFloat, "gates must be float32 [T, B, 4H]");
@@ -602,9 +623,9 @@ std::vector<at::Tensor> lstm_backward(c10::optional<at::Tensor> dout,
   at::Tensor d_hn = dhn.has_value() ? *dhn : at::Tensor();
   at::Tensor d_cn = dcn.has_value() ? *dcn : at::Tensor();
   if (d_out.defined()) {
-    TORCH_CHECK(d_out.is_contiguous() && d_out.scalar_type() == w_hh.scalar_type() &&
+    TORCH_CHECK(d_out.is_contiguous() && d_out.scalar_type() == compute &&
                     d_out.dim() == 3 && d_out.size(0) == Tn && d_out.size(1) == B &&
-                    d_out.size(2) == H, "dout must be contiguous [T, B, H] in w_hh's dtype");
+                    d_out.size(2) == H, "dout must be contiguous [T, B, H] in the compute dtype");
   }
   for (const at::Tensor* s : {&d_hn, &d_cn}) {
     if (s->defined()) {
@@ -613,7 +634,7 @@ std::vector<at::Tensor> lstm_backward(c10::optional<at::Tensor> dout,
                   "dhn and dcn must be contiguous float32 [B, H]");
     }
   }
-  if (w_hh.scalar_type() == at::kFloat) {
+  if (!bf16) {
     return backward_impl<float>(d_out, d_hn, d_cn, gates, cs, w_hh, NB);
   }
   return backward_impl<uint16_t>(d_out, d_hn, d_cn, gates, cs, w_hh, NB);
