@@ -1,0 +1,116 @@
+"""fused_lstm against torch.nn.LSTM (oneDNN): one window through a 2-layer, batch-20 stack.
+
+For each PTB shape (hidden, steps) = (200, 20), (650, 35), (1500, 35): forward + backward in
+training mode and forward only in eval mode (no grad), of nn.LSTM and of ours, in fp32 and
+under bf16 autocast. After a warm-up the variants run in turn, in an order that alternates
+each repetition, so a noisy neighbour slows all alike; one JSON line per (shape, mode, impl,
+precision) with the median milliseconds and the machine.
+
+    PYTHONPATH=src python bench/lstm_layer.py
+    PYTHONPATH=src python bench/lstm_layer.py --shapes 650x35 --repeats 21
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from lstmkit.nn.lstm import _load_kernel, fused_lstm, lstm_weights
+
+LAYERS, BATCH = 2, 20
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as info:
+        for line in info:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def make_step(impl: str, precision: str, mode: str, rnn: nn.LSTM, x: torch.Tensor, state):
+    weights = lstm_weights(rnn)
+
+    def run():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            if impl == "nn.LSTM":
+                out, (h, c) = rnn(x, state)
+            else:
+                out, (h, c) = fused_lstm(x, state, weights, rnn.dropout, rnn.training)
+        return out, h, c
+
+    if mode == "eval":
+        def step():
+            with torch.no_grad():
+                run()
+    else:
+        def step():
+            out, h, c = run()
+            (out.float().sum() + h.float().sum() + c.float().sum()).backward()
+            for p in rnn.parameters():
+                p.grad = None
+            x.grad = None
+    return step
+
+
+def bench_shape(hidden: int, steps: int, mode: str, repeats: int, warmup: int) -> list[dict]:
+    torch.manual_seed(0)
+    rnn = nn.LSTM(hidden, hidden, LAYERS, batch_first=True)
+    rnn.train(mode == "train")
+    x = torch.randn(BATCH, steps, hidden, requires_grad=mode == "train")
+    state = (torch.zeros(LAYERS, BATCH, hidden), torch.zeros(LAYERS, BATCH, hidden))
+    variants = [(impl, prec) for prec in ("fp32", "bf16") for impl in ("nn.LSTM", "ours")]
+    fns = {v: make_step(*v, mode, rnn, x, state) for v in variants}
+    times: dict[tuple[str, str], list[float]] = {v: [] for v in variants}
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    for r in range(repeats):
+        for v in variants if r % 2 == 0 else variants[::-1]:
+            start = time.perf_counter()
+            fns[v]()
+            times[v].append(time.perf_counter() - start)
+    rows = []
+    for (impl, prec), ts in times.items():
+        rows.append({"shape": f"{hidden}x{steps}", "hidden": hidden, "steps": steps,
+                     "layers": LAYERS, "batch": BATCH, "mode": mode, "impl": impl,
+                     "precision": prec, "ms": round(statistics.median(ts) * 1e3, 2)})
+    for prec in ("fp32", "bf16"):
+        base = statistics.median(times[("nn.LSTM", prec)])
+        ours = statistics.median(times[("ours", prec)])
+        for row in rows:
+            if row["impl"] == "ours" and row["precision"] == prec:
+                row["speedup"] = round(base / ours, 2)
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shapes", nargs="+", default=["200x20", "650x35", "1500x35"],
+                   help="HIDDENxSTEPS")
+    p.add_argument("--modes", nargs="+", default=["train", "eval"], choices=["train", "eval"])
+    p.add_argument("--repeats", type=int, default=11)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    machine = {"cpu": cpu_model(), "threads": torch.get_num_threads(),
+               "torch": torch.__version__,
+               "kernel": "native" if _load_kernel() is not None else "plain"}
+    for shape in args.shapes:
+        hidden, steps = (int(v) for v in shape.split("x"))
+        for mode in args.modes:
+            for row in bench_shape(hidden, steps, mode, args.repeats, args.warmup):
+                print(json.dumps({**row, **machine}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
