@@ -75,7 +75,8 @@ def test_word_text_survives_tokenise_encode_decode_detokenise(lines):
     stream = [t for line in tokenize(text, "word") for t in line]
     vocab = Vocab.from_counts(Counter(stream), unk=None)
     pieces = Detokenizer("word")
-    assert "".join(pieces.text_of(t) for t in vocab.decode(encode(vocab, [stream], "text", "word"))) == text
+    decoded = vocab.decode(encode(vocab, [stream], "text", "word"))
+    assert "".join(pieces.text_of(t) for t in decoded) == text
 
 
 texts = st.lists(st.text("ab c\t\u00e9", max_size=10), min_size=20, max_size=60).map("\n".join)

@@ -104,7 +104,8 @@ def test_bad_text_data_is_one_clear_error(tmp_path, kwargs, message):
 
 def test_tinyshakespeare_split_sizes_and_65_characters():
     corpus = load_text_corpus("char", data_file=shared_data("tinyshakespeare", "input.txt"))
-    assert (corpus.train.numel(), corpus.valid.numel(), corpus.test.numel()) == (1003855, 55769, 55770)
+    sizes = (corpus.train.numel(), corpus.valid.numel(), corpus.test.numel())
+    assert sizes == (1003855, 55769, 55770)
     assert len(corpus.vocab) == 65 and corpus.vocab.tokens[0] == " "
 
 

@@ -7,6 +7,8 @@ import pytest
 import torch
 from torch import nn
 
+from lstmkit.errors import LstmkitWarning
+from lstmkit.nn import kernels
 from lstmkit.nn import lstm as fused
 
 # fp32: the same math as nn.LSTM up to summation order and exp/tanh rounding (measured ~3e-7).
@@ -22,10 +24,11 @@ BF16_FLOOR = 2e-3
 def backend(request, monkeypatch):
     """Runs a test on the native kernel (skipped where it does not build) and the fallback."""
     if request.param == "native":
-        if fused._load_kernel() is None:
-            pytest.skip("native LSTM kernel unavailable here")
+        if not (kernels.enabled() and kernels.compiler()):
+            pytest.skip("no native kernels here (no compiler, not Linux, or LSTMKIT_KERNELS=0)")
+        assert kernels.lstm_cell(fused._self_test) is not None, kernels.build_error("lstm_cell")
     else:
-        monkeypatch.setattr(fused, "_kernel", None)
+        monkeypatch.setitem(kernels._loaded, "lstm_cell", None)
     return request.param
 
 
@@ -217,21 +220,22 @@ def test_weights_helper_and_refusals():
 
 def test_disabled_kernels_use_plain_path_without_warning(monkeypatch, recwarn):
     monkeypatch.setenv("LSTMKIT_KERNELS", "0")
-    monkeypatch.setattr(fused, "_kernel", fused._UNSET)
-    assert fused._load_kernel() is None
-    assert not [w for w in recwarn if issubclass(w.category, fused.LstmkitWarning)]
+    monkeypatch.setattr(kernels, "_loaded", {})
+    assert kernels.lstm_cell(fused._self_test) is None
+    assert not [w for w in recwarn if issubclass(w.category, LstmkitWarning)]
 
 
-def test_failed_build_warns_once_and_falls_back(monkeypatch):
-    def broken():
-        raise RuntimeError("error: g++ exploded")
+def test_a_kernel_failing_its_self_test_warns_once_and_falls_back(monkeypatch):
+    def broken(module):
+        raise RuntimeError("error: kernel self-test failed")
 
-    monkeypatch.setenv("LSTMKIT_KERNELS", "1")
-    monkeypatch.setattr(fused, "_kernel", fused._UNSET)
-    monkeypatch.setattr(fused, "_build", broken)
-    with pytest.warns(fused.LstmkitWarning, match="g\\+\\+ exploded"):
-        assert fused._load_kernel() is None
-    assert fused._load_kernel() is None  # no second attempt, no second warning
+    monkeypatch.setattr(kernels, "_loaded", {})
+    monkeypatch.setattr(kernels, "_errors", {})
+    if not (kernels.enabled() and kernels.compiler()):
+        pytest.skip("no native kernels here")
+    with pytest.warns(LstmkitWarning, match="self-test failed"):
+        assert kernels.lstm_cell(broken) is None
+    assert kernels.lstm_cell(broken) is None  # no second attempt, no second warning
     rnn, x, h0, c0, _ = _problem(4, 6, 1, 2, 3)
     with torch.no_grad():
         out, _ = _ours(rnn)(x, (h0, c0))

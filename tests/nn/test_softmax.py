@@ -65,7 +65,7 @@ def _kernel_or_skip():
         pytest.skip("no native kernels here (no compiler, not Linux, or LSTMKIT_KERNELS=0): "
                     "the plain path is the one in use")
     kernel = kernels.softmax_xent()
-    assert kernel is not None, f"softmax_xent.cpp did not build: {kernels.build_error('softmax_xent')}"
+    assert kernel is not None, f"the kernel did not build: {kernels.build_error('softmax_xent')}"
     return kernel
 
 

@@ -19,7 +19,7 @@ from lstmkit.device import DEVICES, PRECISIONS
 from lstmkit.errors import UserError
 from lstmkit.fields import apply_overrides as apply_field_overrides
 from lstmkit.fields import check_choice, check_seed, check_types
-from lstmkit.nn.recurrent import CELLS
+from lstmkit.nn.recurrent import CELLS, LSTM_IMPLS
 
 OPTIMIZERS = ("sgd", "adam")
 ON_NAN = ("stop", "rollback")
@@ -45,6 +45,9 @@ class LMConfig:
     # --- model variants ---
     cell: str = "lstm"
     forget_bias: float = 0.0  # the tutorial's choice; 1.0 is the common alternative
+    # The LSTM layer: lstmkit's own ("native"), oneDNN's nn.LSTM ("onednn"), or "auto": ours
+    # where it measured faster (bf16 training; see nn/recurrent.py). Same parameters either way.
+    lstm_impl: str = "auto"
     # --- evaluation shape: fast default; the tutorial's stream is batch 1 (see evaluate.py) ---
     eval_batch_size: int = 10
     eval_num_steps: int = 50
@@ -90,6 +93,7 @@ class LMConfig:
         if self.forget_bias and self.cell != "lstm":
             raise UserError(f"config field forget_bias applies to the lstm cell only "
                             f"(cell is {self.cell}); leave it at 0")
+        check_choice("lstm_impl", self.lstm_impl, LSTM_IMPLS)
         check_choice("precision", self.precision, PRECISIONS)
         check_choice("device", self.device, DEVICES)
         check_choice("on_nan", self.on_nan, ON_NAN)

@@ -38,9 +38,10 @@ class LMShape:
 
 
 class LanguageModel(nn.Module):
-    def __init__(self, shape: LMShape, keep_prob: float = 1.0) -> None:
+    def __init__(self, shape: LMShape, keep_prob: float = 1.0, lstm_impl: str = "auto") -> None:
         super().__init__()
         self.shape = shape
+        self.lstm_impl = lstm_impl  # which LSTM layer runs (nn/recurrent.py); not a parameter
         drop = 1.0 - keep_prob
         self.embedding = nn.Embedding(shape.vocab_size, shape.hidden_size)
         self.input_dropout = nn.Dropout(drop)
@@ -61,7 +62,7 @@ class LanguageModel(nn.Module):
     def hidden(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """Top-layer outputs [B, T, H] (after output dropout) and the state after the window."""
         x = self.input_dropout(self.embedding(ids))
-        outputs, state = run_recurrent(self.rnn, x, state)
+        outputs, state = run_recurrent(self.rnn, x, state, self.lstm_impl)
         return self.output_dropout(outputs), state
 
     def forward(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
@@ -78,6 +79,7 @@ class LanguageModel(nn.Module):
 
 
 def build_language_model(config: LMConfig, vocab_size: int) -> LanguageModel:
-    model = LanguageModel(LMShape.of(config, vocab_size), keep_prob=config.keep_prob)
+    model = LanguageModel(LMShape.of(config, vocab_size), keep_prob=config.keep_prob,
+                          lstm_impl=config.lstm_impl)
     model.init_weights(config.init_scale, config.forget_bias)
     return model

@@ -107,7 +107,7 @@ def load_lm(path: str | Path, device: torch.device | str = "cpu") -> LoadedLM:
         shape = LMShape(**meta["shape"])
     except (KeyError, TypeError) as err:
         raise UserError(f"{path}: checkpoint metadata is incomplete ({err})") from None
-    model = LanguageModel(shape, keep_prob=config.keep_prob)
+    model = LanguageModel(shape, keep_prob=config.keep_prob, lstm_impl=config.lstm_impl)
     load_weights(model, tensors, path)
     model.to(device)
     return LoadedLM(model, config, vocab, meta.get("level", "word"), meta, tensors, path)

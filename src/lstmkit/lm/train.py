@@ -34,7 +34,8 @@ from lstmkit.lm.runs import (
     restore_rng,
     save_lm_checkpoint,
 )
-from lstmkit.nn.recurrent import detach_state
+from lstmkit.nn import kernels
+from lstmkit.nn.recurrent import describe_lstm_impl, detach_state
 from lstmkit.reporting import Console, MetricsLog, plot_learning_curve
 from lstmkit.rundir import (
     BEST_FILE,
@@ -101,6 +102,18 @@ def _precision_label(config: LMConfig, device: torch.device) -> str:
     return f"{resolved} (auto)" if config.precision == "auto" else resolved
 
 
+def implementation(config: LMConfig, model: LanguageModel, device: torch.device
+                   ) -> dict[str, str]:
+    """Which code runs this model here: precision, recurrent layer, softmax kernel, CPU."""
+    precision = resolve_precision(config.precision, device)
+    softmax = kernels.implementation("softmax_xent") if device.type == "cpu" else "plain"
+    return {"precision": precision,
+            "recurrent": describe_lstm_impl(model.rnn, device, config.lstm_impl,
+                                            precision == "bf16"),
+            "softmax": f"{softmax} kernel" if softmax == "native" else "plain PyTorch",
+            "cpu": kernels.cpu_isa(), "threads": str(torch.get_num_threads())}
+
+
 def _train_run(config: LMConfig, data: TokenSplits, save_path: str | Path | None,
                resumed: LoadedLM | None, console: Console, world: World) -> TrainResult:
     device = world.device
@@ -126,6 +139,11 @@ def _train_run(config: LMConfig, data: TokenSplits, save_path: str | Path | None
     console.say(f"seed {config.seed}: runs with the same seed, device and thread count repeat "
                 f"exactly | device {device.type} | precision {_precision_label(config, device)} | "
                 f"{sum(p.numel() for p in model.parameters()):,} parameters")
+    runs_on = implementation(config, model, device)
+    console.say(f"recurrent layer {runs_on['recurrent']} | softmax {runs_on['softmax']} | "
+                f"{runs_on['threads']} threads | CPU {runs_on['cpu']}")
+    metrics.write({"event": "setup", "seed": config.seed, "epoch": progress.epoch,
+                   "step": progress.step, "resumed": resume, **runs_on})
     if world.distributed:
         console.say(f"data-parallel: {world.size} processes, each training on "
                     f"{config.batch_size // world.size} of the {config.batch_size} rows of "

@@ -1,1 +1,1 @@
-"""Reusable layers: recurrent stacks, our own LSTM layer, the fused softmax layer, native kernels."""
+"""Reusable layers: recurrent stacks, our own LSTM layer, the fused softmax, native kernels."""

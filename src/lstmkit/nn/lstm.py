@@ -24,26 +24,17 @@ runs as plain PyTorch ops with the same math (a Python loop over steps: slower, 
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import os
-import platform
-import warnings
-from pathlib import Path
 from types import ModuleType
 
 import torch
 from torch import nn
 
-from lstmkit.errors import LstmkitWarning
+from lstmkit.nn import kernels
 
-_SOURCE = Path(__file__).parent / "kernels" / "lstm_cell.cpp"
 BLOCK = 64  # hidden units per block of the per-step products (a multiple of 16; 64 measured
 #             fastest of 16/32/64 for training at hidden 200 and 650, single thread)
 
 LayerWeights = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
-_UNSET = object()
-_kernel: object = _UNSET
 
 
 def lstm_weights(rnn: nn.LSTM) -> list[LayerWeights]:
@@ -214,38 +205,15 @@ class _PlainBackend:
 
 def _backend(inputs: torch.Tensor):
     if inputs.device.type == "cpu":
-        kernel = _load_kernel()
+        kernel = native_kernel()
         if kernel is not None:
             return kernel
     return _PlainBackend
 
 
-def _load_kernel() -> ModuleType | None:
-    """The compiled lstm_cell module, built once per source, torch and CPU; None without it."""
-    global _kernel
-    if _kernel is _UNSET:
-        _kernel = None
-        if os.environ.get("LSTMKIT_KERNELS", "1") != "0" and platform.system() == "Linux":
-            try:
-                _kernel = _build()
-            except Exception as exc:  # a compiler error, a missing oneDNN micro-kernel...
-                line = next((s for s in str(exc).splitlines() if s.strip()), type(exc).__name__)
-                warnings.warn(f"lstmkit: native LSTM kernel unavailable ({line[:200]}); using "
-                              "the plain PyTorch path", LstmkitWarning, stacklevel=3)
-    return _kernel  # type: ignore[return-value]
-
-
-def _build() -> ModuleType:
-    from torch.utils.cpp_extension import load
-
-    key = _build_key()
-    directory = _cache_root() / key
-    directory.mkdir(parents=True, exist_ok=True)
-    module = load(name=f"lstmkit_lstm_cell_{key}", sources=[str(_SOURCE)],
-                  extra_cflags=["-O3", "-march=native", "-fopenmp"],
-                  build_directory=str(directory), verbose=False)
-    _self_test(module)
-    return module
+def native_kernel() -> ModuleType | None:
+    """The compiled time-loop kernel, checked once after its build; None where unavailable."""
+    return kernels.lstm_cell(_self_test)
 
 
 def _self_test(module: ModuleType) -> None:
@@ -262,23 +230,3 @@ def _self_test(module: ModuleType) -> None:
         want = _PlainBackend.forward(xproj, bias, whh, h0, c0, True, BLOCK)
         if not torch.allclose(got[1], want[1], atol=2e-2, rtol=0):
             raise RuntimeError(f"kernel self-test failed in {dtype}")
-
-
-def _build_key() -> str:
-    digest = hashlib.sha256(_SOURCE.read_bytes())
-    digest.update(f"{torch.__version__} {platform.python_version()} {_cpu_flags()}".encode())
-    return digest.hexdigest()[:16]
-
-
-def _cpu_flags() -> str:
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as info:
-        for line in info:
-            if line.startswith("flags"):
-                return line
-    return platform.processor()
-
-
-def _cache_root() -> Path:
-    root = os.environ.get("LSTMKIT_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "lstmkit")
-    return Path(root) / "kernels"

@@ -2,7 +2,9 @@
 
 State is always a tuple of tensors shaped [num_layers, B, H]: (h, c) for LSTM, (h,) for GRU and
 RNN, so training and sampling code carry and detach it without knowing the cell.
-On CUDA these are PyTorch's own cuDNN-backed modules.
+The modules are PyTorch's own (oneDNN on the CPU, cuDNN on CUDA). An LSTM can instead run
+through our own layer (nn/lstm.py) from the same parameters: `lstm_impl` chooses, and "auto"
+takes ours where it measured faster (see `uses_native_lstm`).
 """
 
 from __future__ import annotations
@@ -11,11 +13,17 @@ import torch
 from torch import nn
 
 from lstmkit.device import cpu_has_native_bf16
+from lstmkit.nn.lstm import fused_lstm, lstm_weights, native_kernel
 
 State = tuple[torch.Tensor, ...]
 
 _MODULES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 CELLS = tuple(_MODULES)  # the cells every model of the package can be built with
+LSTM_IMPLS = ("auto", "native", "onednn")
+# Where "auto" runs our LSTM layer under bf16: training at every size (1.3x at hidden 200, 1.6x
+# at 650, 2.8x at 1500 against oneDNN's bf16 LSTM, bench/lstm_layer.py), evaluation only from
+# this width on (oneDNN's forward alone is faster below it). In fp32 oneDNN is faster.
+NATIVE_EVAL_MIN_HIDDEN = 1024
 
 
 def make_recurrent(cell: str, input_size: int, hidden_size: int, num_layers: int,
@@ -37,23 +45,56 @@ def detach_state(state: State) -> State:
     return tuple(s.detach() for s in state)
 
 
-def run_recurrent(rnn: nn.RNNBase, inputs: torch.Tensor, state: State
-                  ) -> tuple[torch.Tensor, State]:
+def run_recurrent(rnn: nn.RNNBase, inputs: torch.Tensor, state: State,
+                  lstm_impl: str = "auto") -> tuple[torch.Tensor, State]:
     if inputs.device.type == "cpu" and _bf16_autocast_without_native_bf16():
         # oneDNN has no bf16 recurrent primitive on such CPUs ("could not create a primitive
         # descriptor"): run this layer in fp32 so bf16 models still train and evaluate there.
         with torch.autocast("cpu", enabled=False):
-            return _run(rnn, inputs.float(), tuple(s.float() for s in state))
-    return _run(rnn, inputs, state)
+            return _run(rnn, inputs.float(), tuple(s.float() for s in state), lstm_impl)
+    return _run(rnn, inputs, state, lstm_impl)
+
+
+def uses_native_lstm(rnn: nn.RNNBase, device: torch.device, lstm_impl: str,
+                     bf16: bool, training: bool) -> bool:
+    """Whether an LSTM runs through our own layer: always with "native" (on the CPU), never
+    with "onednn"; with "auto" where it measured faster (bf16; see NATIVE_EVAL_MIN_HIDDEN)."""
+    if not isinstance(rnn, nn.LSTM) or device.type != "cpu" or lstm_impl == "onednn":
+        return False
+    if lstm_impl == "native":
+        return True
+    return bf16 and cpu_has_native_bf16() and (
+        training or rnn.hidden_size >= NATIVE_EVAL_MIN_HIDDEN)
+
+
+def describe_lstm_impl(rnn: nn.RNNBase, device: torch.device, lstm_impl: str, bf16: bool
+                       ) -> str:
+    """For run headers and logs: which recurrent layer trains and which evaluates."""
+    if not isinstance(rnn, nn.LSTM):
+        return f"PyTorch {type(rnn).__name__}"
+    def name(training: bool) -> str:
+        if not uses_native_lstm(rnn, device, lstm_impl, bf16, training):
+            return "oneDNN" if device.type == "cpu" else "cuDNN"
+        return "lstmkit" if native_kernel() is not None else "lstmkit (plain PyTorch)"
+    train, evaluate = name(True), name(False)
+    return train if train == evaluate else f"{train} (train), {evaluate} (eval)"
 
 
 def _bf16_autocast_without_native_bf16() -> bool:
     return torch.is_autocast_enabled("cpu") and not cpu_has_native_bf16()
 
 
-def _run(rnn: nn.RNNBase, inputs: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+def _run(rnn: nn.RNNBase, inputs: torch.Tensor, state: State, lstm_impl: str
+         ) -> tuple[torch.Tensor, State]:
     if isinstance(rnn, nn.LSTM):
-        outputs, (h, c) = rnn(inputs, (state[0], state[1]))
+        bf16 = torch.is_autocast_enabled("cpu") and \
+            torch.get_autocast_dtype("cpu") == torch.bfloat16
+        training = rnn.training and torch.is_grad_enabled()
+        if uses_native_lstm(rnn, inputs.device, lstm_impl, bf16, training):
+            outputs, (h, c) = fused_lstm(inputs, (state[0], state[1]), lstm_weights(rnn),
+                                         rnn.dropout, rnn.training)
+        else:
+            outputs, (h, c) = rnn(inputs, (state[0], state[1]))
         return outputs, (h, c)
     outputs, h = rnn(inputs, state[0])
     return outputs, (h,)

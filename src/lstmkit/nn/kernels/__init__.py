@@ -20,6 +20,7 @@ import platform
 import shutil
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -47,10 +48,19 @@ def compiler() -> str | None:
     return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
 
 
-def load(name: str) -> ModuleType | None:
-    """The kernel `name` (its source is `name`.cpp here), built on first use; None if not."""
+def lstm_cell(check: Callable[[ModuleType], None] | None = None) -> ModuleType | None:
+    """The LSTM layer's time-loop kernel (see lstm_cell.cpp), or None if unavailable."""
+    return load("lstm_cell", check)
+
+
+def load(name: str, check: Callable[[ModuleType], None] | None = None) -> ModuleType | None:
+    """The kernel `name` (its source is `name`.cpp here), built on first use; None if not.
+
+    `check(module)` runs once after the build and raises RuntimeError if the module cannot be
+    used here (say, a torch whose oneDNN lacks a micro-kernel the source calls).
+    """
     if name not in _loaded:
-        _loaded[name] = _build_and_import(name) if enabled() and compiler() else None
+        _loaded[name] = _build_and_import(name, check) if enabled() and compiler() else None
     return _loaded[name]
 
 
@@ -64,7 +74,8 @@ def implementation(name: str) -> str:
     return "native" if load(name) is not None else "fallback"
 
 
-def _build_and_import(name: str) -> ModuleType | None:
+def _build_and_import(name: str, check: Callable[[ModuleType], None] | None
+                      ) -> ModuleType | None:
     source = _SOURCE_DIR / f"{name}.cpp"
     module_name = f"lstmkit_{name}_{_build_key(source)}"
     try:
@@ -73,9 +84,13 @@ def _build_and_import(name: str) -> ModuleType | None:
         build_dir = _cache_dir() / module_name
         build_dir.mkdir(parents=True, exist_ok=True)
         with _quiet_build():
-            return cpp_load(name=module_name, sources=[str(source)], build_directory=str(build_dir),
-                            extra_cflags=["-O3", "-march=native", "-fopenmp"],
-                            extra_ldflags=["-fopenmp"], verbose=False)
+            module = cpp_load(name=module_name, sources=[str(source)],
+                              build_directory=str(build_dir),
+                              extra_cflags=["-O3", "-march=native", "-fopenmp"],
+                              extra_ldflags=["-fopenmp"], verbose=False)
+        if check is not None:
+            check(module)
+        return module
     except (OSError, RuntimeError, ImportError, ValueError) as exc:
         _errors[name] = _first_line(exc)
         warnings.warn(f"lstmkit: native kernel {name} unavailable ({_errors[name]}); using the "
