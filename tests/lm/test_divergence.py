@@ -3,13 +3,14 @@ lower learning rate; never a diverged model written over a good checkpoint."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
 
 import pytest
 import torch
 
-from conftest import tree_files
+from conftest import resumed_at, tree_files
 from lstmkit.cli import main
 from lstmkit.errors import UserError
 from lstmkit.lm import api
@@ -109,8 +110,10 @@ def test_rollback_returns_to_the_last_checkpoint_and_lowers_the_learning_rate(
     assert load_lm(run).progress.lr_scale == ROLLBACK_LR_FACTOR
     assert finite(run) and finite(run / "best.safetensors")
 
+    said = io.StringIO()
     api.train_ptb(config(on_nan="rollback", max_max_epoch=3), ptb_dir, run, resume=True,
-                  console=QUIET)
+                  console=Console(said))
+    assert resumed_at(said.getvalue()) == (3, 0)
     assert records(run, "epoch")[-1]["learning_rate"] == 0.125, "resume keeps the lowered rate"
 
 
