@@ -22,7 +22,8 @@ def train(ptb_dir, run, *extra):
     return main(["train", *FAST, "--data-dir", str(ptb_dir), "--save-path", str(run), *extra])
 
 
-def test_train_save_evaluate_reproduces_the_recorded_test_perplexity(ptb_dir, tmp_path, capsys):
+def test_evaluate_of_a_saved_run_repeats_the_test_perplexities_in_its_metrics_log(
+        ptb_dir, tmp_path, capsys):
     run = tmp_path / "run"
     assert train(ptb_dir, run, "--max-max-epoch", "2") == 0
     out = capsys.readouterr().out
