@@ -120,10 +120,11 @@ def _add_train(commands) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh in a --save-path that holds a trained model, "
                         "replacing it (without this, that is refused)")
-    fields = p.add_argument_group("config fields (override preset and config file)")
-    for name in api.field_names():
+    fields = p.add_argument_group("config fields (override preset and config file; defaults "
+                                  "are the small preset's)")
+    for name, text in api.field_helps().items():
         fields.add_argument(f"--{name.replace('_', '-')}", dest=f"field_{name}",
-                            default=None, metavar="V")
+                            default=None, metavar="V", help=text)
     p.set_defaults(handler=_train)
 
 

@@ -23,6 +23,7 @@ from lstmkit.lm.config import (
     PRESETS,
     LMConfig,
     apply_overrides,
+    field_helps,
     field_names,
     load_config_file,
     preset,
@@ -46,8 +47,8 @@ from lstmkit.vocab import EOS
 
 # What the command line offers, from the modules that own each list.
 __all__ = ["DEVICES", "LEVELS", "MODEL_FILE", "PRECISIONS", "PRESETS", "SPLITS",
-           "LanguageModelRun", "TextSource", "download_ptb", "evaluate_ptb", "field_names",
-           "load", "train", "train_ptb", "train_text"]
+           "LanguageModelRun", "TextSource", "download_ptb", "evaluate_ptb", "field_helps",
+           "field_names", "load", "train", "train_ptb", "train_text"]
 
 
 @dataclass(frozen=True)
