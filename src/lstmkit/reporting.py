@@ -14,6 +14,13 @@ from tqdm import tqdm
 
 from lstmkit.errors import UserError
 
+REPORTS_PER_EPOCH = 10  # progress lines (and records) per epoch when not on a terminal
+
+
+def crosses_report_point(step: int, total: int) -> bool:
+    """True at the steps that finish a tenth of the epoch's `total` (ten reports per epoch)."""
+    return step * REPORTS_PER_EPOCH // total > (step - 1) * REPORTS_PER_EPOCH // total
+
 
 class MetricsLog:
     """Append-only JSON-lines log; `truncate_to` rewinds it to where a checkpoint was taken.

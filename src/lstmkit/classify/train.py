@@ -34,7 +34,7 @@ from lstmkit.classify.vectors import load_word_vectors
 from lstmkit.device import resolve_device
 from lstmkit.distributed import World, joined, launched_world, rank_console
 from lstmkit.errors import UserError, model_fits
-from lstmkit.reporting import Console, MetricsLog, plot_epoch_curves
+from lstmkit.reporting import Console, MetricsLog, crosses_report_point, plot_epoch_curves
 from lstmkit.rundir import (
     BEST_FILE,
     CURVE_FILE,
@@ -121,8 +121,7 @@ def _train(config: ClassifierConfig, splits: Splits, save_path: str | Path | Non
     for epoch in range(1, config.epochs + 1):
         start = time.perf_counter()
         train_loss, train_accuracy = _train_epoch(model, optimizer, train, config, order,
-                                                  console, f"epoch {epoch}/{config.epochs}",
-                                                  world, replica)
+                                                  console, metrics, epoch, world, replica)
         valid_score = _agreed(score(model, valid, config.loss), world)
         seconds = time.perf_counter() - start
         improved = best is None or valid_score.accuracy > best[0]
@@ -163,7 +162,7 @@ def _train(config: ClassifierConfig, splits: Splits, save_path: str | Path | Non
 
 def _train_epoch(model: SentimentClassifier, optimizer: torch.optim.Optimizer,
                  train: EncodedSplit, config: ClassifierConfig, order: torch.Generator,
-                 console: Console, description: str, world: World,
+                 console: Console, metrics: MetricsLog, epoch: int, world: World,
                  replica: torch.nn.Module) -> tuple[float, float]:
     """One pass in a seeded random order; returns mean loss and accuracy over the texts.
 
@@ -173,14 +172,16 @@ def _train_epoch(model: SentimentClassifier, optimizer: torch.optim.Optimizer,
     """
     model.train()
     device = next(model.parameters()).device
+    description = f"epoch {epoch}/{config.epochs}"
     permutation = torch.randperm(len(train), generator=order).tolist()
     batches = [permutation[i:i + config.batch_size]
                for i in range(0, len(permutation), config.batch_size)]
     # A last batch smaller than the rank count would leave a rank without texts: dropped.
     batches = [chosen for chosen in batches if len(chosen) >= world.size]
-    total_loss, correct = 0.0, 0.0
+    total_loss, correct, seen = 0.0, 0.0, 0
+    start_time = time.perf_counter()
     bar = console.progress(len(batches), 0, description, unit="batch")
-    for chosen in batches:
+    for step, chosen in enumerate(batches, start=1):
         mine = chosen[world.share(len(chosen))]
         ids, lengths = pad_batch([train.ids[i] for i in mine])
         labels = train.labels[mine].to(device)
@@ -200,12 +201,30 @@ def _train_epoch(model: SentimentClassifier, optimizer: torch.optim.Optimizer,
             raise UserError(f"training diverged: loss is {value} ({description}); try a lower "
                             f"learning_rate")
         total_loss += value * len(chosen)
+        seen += len(chosen)
         correct += ((logits.detach() >= 0).float() == labels).sum().item()
         bar.update(1)
+        if crosses_report_point(step, len(batches)):
+            # Every rank reaches the same report points, so the sum over ranks is safe here.
+            _report_progress(console, metrics, epoch, step, len(batches), total_loss / seen,
+                             _all_ranks(correct, world) / seen,
+                             seen / max(time.perf_counter() - start_time, 1e-9))
     bar.close()
-    seen = sum(len(chosen) for chosen in batches)
-    correct = world.summed(torch.tensor(correct, dtype=torch.float64)).item()
-    return total_loss / seen, correct / seen
+    return total_loss / seen, _all_ranks(correct, world) / seen
+
+
+def _all_ranks(count: float, world: World) -> float:
+    return world.summed(torch.tensor(count, dtype=torch.float64)).item()
+
+
+def _report_progress(console: Console, metrics: MetricsLog, epoch: int, step: int, steps: int,
+                     loss: float, accuracy: float, texts_per_sec: float) -> None:
+    """A tenth of the epoch done: running train loss and accuracy (dropout on), and speed."""
+    console.say(f"{step / steps:.3f} loss: {loss:.3f} accuracy: {accuracy:.3f} speed: "
+                f"{texts_per_sec:.0f} texts/s")
+    metrics.write({"event": "progress", "epoch": epoch, "step": step, "fraction": step / steps,
+                   "train_loss": loss, "train_accuracy": accuracy,
+                   "texts_per_sec": texts_per_sec})
 
 
 def _agreed(result: Score, world: World) -> Score:

@@ -35,7 +35,7 @@ from lstmkit.lm.runs import (
     save_lm_checkpoint,
 )
 from lstmkit.nn.recurrent import detach_state
-from lstmkit.reporting import Console, MetricsLog, plot_learning_curve
+from lstmkit.reporting import Console, MetricsLog, crosses_report_point, plot_learning_curve
 from lstmkit.rundir import (
     BEST_FILE,
     CURVE_FILE,
@@ -46,7 +46,6 @@ from lstmkit.rundir import (
     refuse_to_replace,
 )
 
-REPORTS_PER_EPOCH = 10
 ROLLBACK_LR_FACTOR = 0.5  # on_nan rollback: each rollback halves the learning rate
 MAX_ROLLBACKS_IN_A_ROW = 3  # to the same checkpoint; one more fault there stops the run
 
@@ -225,7 +224,7 @@ def _train_epoch(model: LanguageModel, optimizer: torch.optim.Optimizer, rows: t
         progress.iters += config.num_steps
         progress.step += 1
         bar.update(1)
-        if _crosses_report_point(progress.step, windows):
+        if crosses_report_point(progress.step, windows):
             elapsed = time.perf_counter() - start_time
             words = (progress.step - start_step) * config.batch_size * config.num_steps
             running = math.exp(progress.costs / progress.iters)
@@ -269,11 +268,6 @@ def _check_fit(config: LMConfig, data: TokenSplits, save_path: str | Path | None
         raise UserError("on_nan rollback needs a save path (--save-path): it rolls back to "
                         "the run's last checkpoint")
     return windows
-
-
-def _crosses_report_point(step: int, windows: int) -> bool:
-    """True at the steps that finish a tenth of the epoch (ten reports per epoch)."""
-    return step * REPORTS_PER_EPOCH // windows > (step - 1) * REPORTS_PER_EPOCH // windows
 
 
 class _WindowLoss(torch.nn.Module):
