@@ -10,6 +10,7 @@ from typing import Any
 from lstmkit.classify import api
 from lstmkit.classify.config import RECIPES, apply_overrides, field_helps, field_names, recipe
 from lstmkit.classify.data import decode_lines_to_score, read_lines_to_score
+from lstmkit.reporting import TENSORBOARD_HELP
 
 _DATA_HELP = ("a directory with rt-polarity.pos + rt-polarity.neg (or *.pos + *.neg), a "
               "directory with reviews.txt + labels.txt, or a .tsv/.csv file with a header")
@@ -49,6 +50,7 @@ def _add_train(sub) -> None:
     p.add_argument("--save-path", help="run directory for best.safetensors, metrics, curve")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the model already in --save-path (without this, refused)")
+    p.add_argument("--tensorboard", metavar="DIR", help=TENSORBOARD_HELP)
     fields = p.add_argument_group("config fields (override the recipe; defaults are the "
                                   "default recipe's)")
     for name, text in field_helps().items():
@@ -62,7 +64,8 @@ def _train(args: argparse.Namespace) -> int:
                              if getattr(args, f"field_{name}") is not None}
     config = apply_overrides(recipe(args.recipe), flags, "command line")
     api.train(config, args.data, args.save_path, args.valid_data, args.test_data, args.vectors,
-              args.text_column, args.label_column, overwrite=args.overwrite)
+              args.text_column, args.label_column, overwrite=args.overwrite,
+              tensorboard=args.tensorboard)
     return 0
 
 
