@@ -1,28 +1,105 @@
 #!/usr/bin/env bash
 # Record a full training run under results/NAME exactly as produced:
-#   scripts/record-run.sh NAME RUN_DIR -- lstmkit train ... --save-path RUN_DIR
+#   scripts/record-run.sh [--allow-dirty] NAME RUN_DIR -- lstmkit train ... --save-path RUN_DIR
 # Writes command.txt, machine.txt, train.log (stdout+stderr), wall_time.txt, and copies the
 # run's metrics.jsonl and curve.png (checkpoints stay in RUN_DIR: too big for the repo).
+#
+# A record names the commit it ran from, so the tree must be that commit: a tree with changes
+# (tracked or untracked) is refused. --allow-dirty records it anyway, with the changes beside
+# the record in uncommitted.diff and machine.txt saying the tree was dirty.
+# PYTHON (default python3) is the interpreter whose torch the run uses.
 set -euo pipefail
+allow_dirty=0
+if [[ ${1:-} == --allow-dirty ]]; then allow_dirty=1; shift; fi
+if [[ $# -lt 3 ]]; then
+    echo "usage: $0 [--allow-dirty] NAME RUN_DIR -- COMMAND..." >&2
+    exit 2
+fi
 name=$1 run_dir=$2; shift 2
 [[ $1 == -- ]] && shift
-out="$(cd "$(dirname "$0")/.." && pwd)/results/$name"
+root="$(cd "$(dirname "$0")/.." && pwd)"
+out="$root/results/$name"
+python=${PYTHON:-python3}
+
+# Tracked changes and untracked files that git does not ignore, outside results/: records
+# made earlier (not yet committed) are outputs, not code the run depends on.
+in_git=0
+git -C "$root" rev-parse --git-dir > /dev/null 2>&1 && in_git=1
+changes=""
+if [[ $in_git == 1 ]]; then
+    changes=$(git -C "$root" status --porcelain -- . ':(exclude)results')
+fi
+if [[ -n $changes && $allow_dirty == 0 ]]; then
+    echo "record-run: the tree has uncommitted changes; commit them, or pass --allow-dirty" \
+         "to store them beside the record:" >&2
+    echo "$changes" >&2
+    exit 2
+fi
+
+# Instruction sets that decide which kernels (and how fast) torch runs on this CPU.
+instruction_sets() {
+    local flags found=()
+    flags=" $(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | cut -d: -f2) "
+    local -A names=([avx2]=AVX2 [avx512f]=AVX-512 [avx512_bf16]=AVX512-BF16
+                    [amx_tile]=AMX [amx_bf16]=AMX-BF16 [amx_int8]=AMX-INT8)
+    for flag in avx2 avx512f avx512_bf16 amx_tile amx_bf16 amx_int8; do
+        [[ $flags == *" $flag "* ]] && found+=("${names[$flag]}")
+    done
+    echo "${found[*]:-none of AVX2, AVX-512, AVX512-BF16, AMX}"
+}
+
+# Physical cores (distinct socket/core pairs) and hardware threads (logical CPUs).
+cores_and_threads() {
+    local cores threads
+    threads=$(nproc --all)
+    cores=$(lscpu -p=SOCKET,CORE 2>/dev/null | grep -v '^#' | sort -u | wc -l)
+    echo "${cores:-?} cores, $threads threads"
+}
+
+commit_line() {
+    local commit
+    if [[ $in_git == 0 ]]; then
+        echo "lstmkit commit: none (not a git checkout)"
+        return
+    fi
+    commit=$(git -C "$root" rev-parse --short HEAD)
+    if [[ -z $changes ]]; then
+        echo "lstmkit commit: $commit (clean tree)"
+    else
+        echo "lstmkit commit: $commit (dirty tree: uncommitted changes in uncommitted.diff)"
+    fi
+}
+
+# git diff against HEAD, then every untracked file as a diff from nothing.
+write_uncommitted_diff() {
+    git -C "$root" diff HEAD -- . ':(exclude)results'
+    git -C "$root" ls-files --others --exclude-standard -z -- . ':(exclude)results' |
+        while IFS= read -r -d '' file; do
+            git -C "$root" diff --no-index -- /dev/null "$file" || true
+        done
+}
+
 mkdir -p "$out"
 printf '%q ' "$@" > "$out/command.txt"; echo >> "$out/command.txt"
 {
     echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-    echo "cpu: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc --all) cores"
+    echo "cpu: $(lscpu | sed -n 's/^Model name: *//p' | head -1)"
+    echo "instruction sets: $(instruction_sets)"
+    echo "cores: $(cores_and_threads)"
     echo "OMP_NUM_THREADS: ${OMP_NUM_THREADS:-unset}"
     echo "memory: $(free -g | awk '/Mem:/ {print $2}') GiB"
-    python3 -c 'import platform, torch; print(f"python: {platform.python_version()}"); print(f"torch: {torch.__version__}, threads: {torch.get_num_threads()}")'
-    echo "lstmkit commit: $(git -C "$out" rev-parse --short HEAD 2>/dev/null || echo none)"
+    "$python" -c 'import platform, torch; print(f"python: {platform.python_version()}"); print(f"torch: {torch.__version__}, threads: {torch.get_num_threads()}")'
+    commit_line
 } > "$out/machine.txt"
+if [[ -n $changes ]]; then
+    (cd "$root" && write_uncommitted_diff) > "$out/uncommitted.diff"
+fi
 start=$(date +%s.%N)
 set +e
 "$@" 2>&1 | tee "$out/train.log"
 status=${PIPESTATUS[0]}
 set -e
 end=$(date +%s.%N)
-python3 -c "import sys; s=float(sys.argv[2])-float(sys.argv[1]); print(f'wall time: {s:.0f} s ({s/60:.1f} min), exit status {sys.argv[3]}')" "$start" "$end" "$status" > "$out/wall_time.txt"
+"$python" -c "import sys; s=float(sys.argv[2])-float(sys.argv[1]); print(f'wall time: {s:.0f} s ({s/60:.1f} min), exit status {sys.argv[3]}')" "$start" "$end" "$status" > "$out/wall_time.txt"
 for f in metrics.jsonl curve.png; do [[ -f $run_dir/$f ]] && cp "$run_dir/$f" "$out/"; done
 exit "$status"

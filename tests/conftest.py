@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,44 @@ def one_torch_thread():
 def _no_data_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests say where data is; a developer's LSTMKIT_DATA must not leak in."""
     monkeypatch.delenv("LSTMKIT_DATA", raising=False)
+
+
+_RESUMING = re.compile(r"^Resuming .* at epoch (\d+), step (\d+)$", re.MULTILINE)
+_PROGRESS_LINE = re.compile(r"^\d\.\d{3} perplexity: ", re.MULTILINE)
+
+
+def resumed_at(output: str) -> tuple[int, int]:
+    """(epoch, step) of the one "Resuming ... at epoch E, step S" line of a training's output:
+    a resume that silently started afresh would end the same, but says no such line."""
+    found = _RESUMING.findall(output)
+    assert len(found) == 1, f"not one 'Resuming' line in:\n{output}"
+    return int(found[0][0]), int(found[0][1])
+
+
+def progress_lines(output: str) -> int:
+    """The language-model trainer's in-epoch progress lines in `output`."""
+    return len(_PROGRESS_LINE.findall(output))
+
+
+def report_points(step: int, windows: int, epochs: int) -> int:
+    """Progress lines a run resumed at `step` of its epoch prints until `epochs` more epochs
+    (that one included) end: one at every tenth of an epoch it crosses."""
+    return 10 - step * 10 // windows + (epochs - 1) * 10
+
+
+@pytest.fixture
+def training_steps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A list that grows by one at every SGD step the test's process takes."""
+    import torch
+
+    step, taken = torch.optim.SGD.step, []
+
+    def counted(self, *args, **kwargs):
+        taken.append(1)
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", counted)
+    return taken
 
 
 def tree_files(root: Path) -> set[str]:

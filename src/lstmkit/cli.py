@@ -18,7 +18,7 @@ from lstmkit.classify.cli import add_classify_command
 from lstmkit.distributed import lost_contact, rank_label
 from lstmkit.errors import LstmkitWarning, UserError
 from lstmkit.lm import api
-from lstmkit.reporting import discard_output
+from lstmkit.reporting import TENSORBOARD_HELP, discard_output
 
 EXIT_USER_ERROR = 2
 EXIT_LOST_CONTACT = 1
@@ -120,10 +120,12 @@ def _add_train(commands) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh in a --save-path that holds a trained model, "
                         "replacing it (without this, that is refused)")
-    fields = p.add_argument_group("config fields (override preset and config file)")
-    for name in api.field_names():
+    p.add_argument("--tensorboard", metavar="DIR", help=TENSORBOARD_HELP)
+    fields = p.add_argument_group("config fields (override preset and config file; defaults "
+                                  "are the small preset's)")
+    for name, text in api.field_helps().items():
         fields.add_argument(f"--{name.replace('_', '-')}", dest=f"field_{name}",
-                            default=None, metavar="V")
+                            default=None, metavar="V", help=text)
     p.set_defaults(handler=_train)
 
 
@@ -134,7 +136,7 @@ def _train(args: argparse.Namespace) -> int:
                  if getattr(args, f"field_{name}") is not None}
     api.train(source, preset_name=args.preset, config_file=args.config, overrides=overrides,
               level=args.level, save_path=args.save_path, resume=args.resume,
-              overwrite=args.overwrite)
+              overwrite=args.overwrite, tensorboard=args.tensorboard)
     return 0
 
 

@@ -1,5 +1,6 @@
-"""Typed config fields shared by every config dataclass: coercion of command-line strings,
-type and choice checks, and validated overrides that name where a bad value came from."""
+"""Typed config fields shared by every config dataclass: their descriptions (one place, read by
+`--help`), coercion of command-line strings, type and choice checks, and validated overrides
+that name where a bad value came from."""
 
 from __future__ import annotations
 
@@ -14,6 +15,34 @@ Config = TypeVar("Config")
 # `from __future__ import annotations` makes field types strings.
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool, "tuple[int, ...]": tuple}
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def described(default: Any, help: str, choices: tuple[str, ...] = ()) -> Any:
+    """A dataclass field carrying its description and allowed values, for `--help`."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+def flag_helps(config_class: type) -> dict[str, str]:
+    """Each field's `--help` text: its description, allowed values and default."""
+    return {f.name: flag_help(f) for f in dataclasses.fields(config_class)}
+
+
+def flag_help(f: dataclasses.Field) -> str:
+    allowed = f.metadata.get("choices", ())
+    values = f"one of {', '.join(allowed)}; " if allowed else ""
+    if f.type in ("bool", bool):
+        values = "true or false; "
+    text = f"{f.metadata.get('help', '')} ({values}default: {show_value(f.default)})"
+    return text.replace("%", "%%")  # argparse formats help strings with %
+
+
+def show_value(value: Any) -> str:
+    """A field value as one would type it on the command line."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return str(value)
 
 
 def apply_overrides(config: Config, overrides: Mapping[str, Any], source: str,

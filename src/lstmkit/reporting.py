@@ -14,19 +14,30 @@ from tqdm import tqdm
 
 from lstmkit.errors import UserError
 
+REPORTS_PER_EPOCH = 10  # progress lines (and records) per epoch when not on a terminal
+
+
+def crosses_report_point(step: int, total: int) -> bool:
+    """True at the steps that finish a tenth of the epoch's `total` (ten reports per epoch)."""
+    return step * REPORTS_PER_EPOCH // total > (step - 1) * REPORTS_PER_EPOCH // total
+
 
 class MetricsLog:
     """Append-only JSON-lines log; `truncate_to` rewinds it to where a checkpoint was taken.
 
     The rewind waits for the next write, so a resumed run that fails before logging anything
-    (a bad option, a full disk) leaves the log as it found it.
+    (a bad option, a full disk) leaves the log as it found it. With `scalars`, every record's
+    numbers also go to TensorBoard: one path, so both logs hold the same values.
     """
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, scalars: ScalarWriter | None = None) -> None:
         self.path = path
+        self.scalars = scalars
         self.rewind: int | None = None  # length to cut the file to before the next write
 
     def write(self, record: dict[str, Any]) -> None:
+        if self.scalars is not None:
+            self.scalars.write(record)
         if self.path is None:
             return
         try:
@@ -38,6 +49,10 @@ class MetricsLog:
                 handle.write(json.dumps(record) + "\n")
         except OSError as err:  # a full disk: the last checkpoint still marks a clean end
             raise UserError(f"{self.path}: cannot write ({err.strerror})") from None
+
+    def close(self) -> None:
+        if self.scalars is not None:
+            self.scalars.close()
 
     def size(self) -> int:
         if self.rewind is not None:
@@ -60,6 +75,66 @@ class MetricsLog:
                                 f"at byte {size} of it; move the file away to resume with a "
                                 f"new log")
         self.rewind = size
+
+
+# Records whose numbers are settings or sizes, not measurements over training.
+_NOT_SCALARS = ("setup",)
+# A record's position, which becomes the scalar's step rather than a scalar of its own.
+_POSITION = ("epoch", "step", "fraction")
+
+
+TENSORBOARD_HELP = ("also write the metrics log's numbers as TensorBoard scalars into DIR (needs "
+                    "the tensorboard package: pip install 'lstmkit[tensorboard]')")
+
+
+def require_tensorboard() -> None:
+    """Refuse --tensorboard up front (before any file is written) when the package is absent."""
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        raise UserError("--tensorboard needs the tensorboard package (pip install "
+                        "'lstmkit[tensorboard]')") from None
+
+
+class ScalarWriter:
+    """The numbers of metrics records as TensorBoard scalars, tagged `EVENT/FIELD`.
+
+    A scalar's step is training steps (windows or batches) since the run began: a record's
+    epoch start plus its step, or for an epoch record that epoch's end; the test is logged at
+    the last step.
+    """
+
+    def __init__(self, log_dir: str | Path, steps_per_epoch: int,
+                 purge_step: int | None = None) -> None:
+        require_tensorboard()
+        from torch.utils.tensorboard import SummaryWriter
+
+        # purge_step: a resumed run drops what the interrupted one logged after its checkpoint.
+        self.writer = SummaryWriter(str(log_dir), purge_step=purge_step)
+        self.steps_per_epoch = steps_per_epoch
+        self.last_step = 0
+
+    def write(self, record: dict[str, Any]) -> None:
+        event = record.get("event", "metrics")
+        if event in _NOT_SCALARS:
+            return
+        step = self.global_step(record)
+        for name, value in record.items():
+            if name in _POSITION or isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            self.writer.add_scalar(f"{event}/{name}", value, step)
+        if event != "progress":  # epoch ends and the test: few, and worth keeping at once
+            self.writer.flush()
+
+    def global_step(self, record: dict[str, Any]) -> int:
+        epoch, step = record.get("epoch"), record.get("step")
+        if isinstance(epoch, int) and not isinstance(epoch, bool):
+            within = step if isinstance(step, int) else self.steps_per_epoch
+            self.last_step = (epoch - 1) * self.steps_per_epoch + within
+        return self.last_step
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 class Console:

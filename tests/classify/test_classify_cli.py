@@ -53,6 +53,24 @@ def test_train_reports_epochs_keeps_best_valid_and_evaluate_reproduces_test(tmp_
     assert "(all 200 texts of" in capsys.readouterr().out
 
 
+def test_progress_is_reported_ten_times_an_epoch_on_the_console_and_in_the_log(tmp_path,
+                                                                               capsys):
+    data, run = write_per_class(tmp_path / "mr", count=100), tmp_path / "run"
+    assert train(data, run, "--batch-size", "8", "--epochs", "2") == 0  # 20 batches an epoch
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if " texts/s" in line]
+    assert len(lines) == 20 and lines[0].startswith("0.100 loss: ")
+    assert lines[9].startswith("1.000 loss: ") and "accuracy: " in lines[9]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    progress = [r for r in records if r["event"] == "progress"]
+    assert [(r["epoch"], r["step"]) for r in progress] == [
+        (epoch, step) for epoch in (1, 2) for step in range(2, 21, 2)]
+    assert {"train_loss", "train_accuracy", "texts_per_sec", "fraction"} <= set(progress[0])
+    epoch_one = epochs_of(run)[0]
+    assert progress[9]["train_loss"] == pytest.approx(epoch_one["train_loss"])
+    assert progress[9]["train_accuracy"] == pytest.approx(epoch_one["train_accuracy"])
+
+
 def test_same_seed_same_result_other_seed_other_split(tmp_path):
     data = write_per_class(tmp_path / "mr", count=60)
     for name, seed in (("a", "1"), ("b", "1"), ("c", "2")):

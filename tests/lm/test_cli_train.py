@@ -9,18 +9,21 @@ import sys
 import pytest
 import torch
 
-from conftest import tree_files
+from conftest import progress_lines, resumed_at, tree_files
 from lstmkit.cli import main
 from lstmkit.lm.runs import load_lm
+from lstmkit.reporting import Console
 
 FAST = ["--preset", "test", "--hidden-size", "16", "--batch-size", "4", "--num-steps", "5"]
+WINDOWS = 87  # of the generated corpus at batch 4 x 5 steps
 
 
 def train(ptb_dir, run, *extra):
     return main(["train", *FAST, "--data-dir", str(ptb_dir), "--save-path", str(run), *extra])
 
 
-def test_train_save_evaluate_reproduces_the_recorded_test_perplexity(ptb_dir, tmp_path, capsys):
+def test_evaluate_of_a_saved_run_repeats_the_test_perplexities_in_its_metrics_log(
+        ptb_dir, tmp_path, capsys):
     run = tmp_path / "run"
     assert train(ptb_dir, run, "--max-max-epoch", "2") == 0
     out = capsys.readouterr().out
@@ -44,12 +47,19 @@ def test_train_save_evaluate_reproduces_the_recorded_test_perplexity(ptb_dir, tm
     assert fast["perplexity"] == pytest.approx(test["test_perplexity_fast"], abs=1e-6)
 
 
-def test_resume_continues_to_the_same_parameters_as_one_run(ptb_dir, tmp_path):
+def test_resume_continues_to_the_same_parameters_as_one_run(ptb_dir, tmp_path, capsys,
+                                                           training_steps):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert train(ptb_dir, straight, "--max-max-epoch", "3") == 0
     assert train(ptb_dir, resumed, "--max-max-epoch", "1") == 0
+    capsys.readouterr()
+    training_steps.clear()
     assert main(["train", "--resume", "--save-path", str(resumed), "--data-dir", str(ptb_dir),
                  "--max-max-epoch", "3"]) == 0
+    out = capsys.readouterr().out
+    assert resumed_at(out) == (2, 0)
+    assert len(training_steps) == 2 * WINDOWS, "epochs 2 and 3 only"
+    assert progress_lines(out) == 20 and "Epoch: 1 " not in out
     a, b = load_lm(straight).model.state_dict(), load_lm(resumed).model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (straight / "metrics.jsonl").read_text().count('"event": "epoch"') == 3
@@ -59,32 +69,44 @@ def test_resume_continues_to_the_same_parameters_as_one_run(ptb_dir, tmp_path):
     assert epochs(straight) == epochs(resumed)
 
 
-def test_mid_epoch_checkpoint_resumes_exactly(ptb_dir, tmp_path):
-    """A run stopped after a mid-epoch checkpoint ends where an uninterrupted one does."""
+class _Stop(Exception):
+    pass
+
+
+class _Recorder(Console):
+    """Keeps the lines; raises _Stop at line `stop_at` (0: never)."""
+
+    def __init__(self, stop_at: int = 0) -> None:
+        super().__init__(enabled=False)
+        self.lines: list[str] = []
+        self.stop_at = stop_at
+
+    def say(self, line: str) -> None:
+        self.lines.append(line)
+        if len(self.lines) == self.stop_at:
+            raise _Stop
+
+
+def test_mid_epoch_checkpoint_resumes_exactly(ptb_dir, tmp_path, training_steps):
+    """A run stopped after a mid-epoch checkpoint ends where an uninterrupted one does, and
+    the resumed process trains only the windows after that checkpoint."""
     from lstmkit.lm import api
     from lstmkit.lm.config import apply_overrides, preset
-    from lstmkit.reporting import Console
 
     config = apply_overrides(preset("test"), {"hidden_size": 16, "batch_size": 4, "num_steps": 5,
                                               "keep_prob": 0.7, "max_max_epoch": 2,
                                               "checkpoint_every": 7}, "test")
-    quiet = Console(enabled=False)
-    api.train_ptb(config, ptb_dir, tmp_path / "straight", console=quiet)
-
-    class Stop(Exception):
-        pass
-
-    class StopAfterCheckpoint(Console):
-        lines = 0
-
-        def say(self, line):
-            self.lines += 1
-            if self.lines == 10:  # in epoch 1, after its step-49 checkpoint
-                raise Stop
-
-    with pytest.raises(Stop):
-        api.train_ptb(config, ptb_dir, tmp_path / "resumed", console=StopAfterCheckpoint())
-    api.train_ptb(config, ptb_dir, tmp_path / "resumed", resume=True, console=quiet)
+    api.train_ptb(config, ptb_dir, tmp_path / "straight", console=Console(enabled=False))
+    # Line 10: the sixth progress line of epoch 1 (step 53), after its step-49 checkpoint.
+    with pytest.raises(_Stop):
+        api.train_ptb(config, ptb_dir, tmp_path / "resumed", console=_Recorder(stop_at=10))
+    training_steps.clear()
+    resumed = _Recorder()
+    api.train_ptb(config, ptb_dir, tmp_path / "resumed", resume=True, console=resumed)
+    out = "\n".join(resumed.lines)
+    assert resumed_at(out) == (1, 49)
+    assert len(training_steps) == (WINDOWS - 49) + WINDOWS
+    assert progress_lines(out) == 5 + 10, "the tenths at steps 53 to 87, then epoch 2's"
     a = load_lm(tmp_path / "straight").model.state_dict()
     b = load_lm(tmp_path / "resumed").model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -225,6 +247,7 @@ def test_a_metrics_log_changed_since_the_checkpoint_stops_resume_until_moved_awa
     assert (run / "metrics.jsonl").read_text() == ""
     (run / "metrics.jsonl").unlink()
     assert main(resume) == 0
+    assert resumed_at(capsys.readouterr().out) == (2, 0)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records if r["event"] == "epoch"] == [2]
 

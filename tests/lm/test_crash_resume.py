@@ -4,7 +4,8 @@ Real `python -m lstmkit train` processes on one thread are SIGKILLed at seeded r
 (and, through the LSTMKIT_TEST_KILL_IN_SAVE hook of checkpoint.py, inside a checkpoint write:
 after the temporary file is synced, before the rename), then resumed with `--resume` until the
 run finishes. Metrics (all but the timing field), weights, optimizer state and RNG state must
-equal those of one uninterrupted run with the same seed.
+equal those of one uninterrupted run with the same seed. Every resumed process must say it
+resumed at its checkpoint's position, and the last one must train only the windows left.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from conftest import tree_files, write_ptb_layout
+from conftest import progress_lines, report_points, resumed_at, tree_files, write_ptb_layout
 from lstmkit.checkpoint import KILL_IN_SAVE_ENV
 from lstmkit.lm.batching import epoch_size
 from lstmkit.lm.data import load_ptb
@@ -73,14 +74,34 @@ def run_and_kill(ptb: Path, run: Path, kill: Kill, rng: random.Random, epochs: i
                  ) -> None:
     """One process that dies as `kill` says (a fresh start, or a resume once a checkpoint is)."""
     log = next_log(run)
+    position = saved_position(run)
     proc = start(ptb, run, log, kill.in_save, epochs)
     code = proc.wait(TIMEOUT) if kill.in_save else kill_at(proc, log, kill, rng)
     assert code == -signal.SIGKILL, f"{kill}: exited {code}, not killed:\n{log.read_text()}"
+    output = log.read_text()
+    if position is not None and "Resuming" in output:  # it may have died before saying so
+        assert resumed_at(output) == position, output
 
 
-def finish(ptb: Path, run: Path) -> None:
+def finish(ptb: Path, run: Path, windows: int) -> None:
+    """Resume the run to its end: from its checkpoint's position, training only what is left."""
     log = next_log(run)
+    position = saved_position(run)
+    assert position is not None, "nothing to resume"
     assert start(ptb, run, log).wait(TIMEOUT) == 0, log.read_text()
+    output = log.read_text()
+    assert resumed_at(output) == position, output
+    epoch, step = position
+    epochs_left = load_lm(run).config.max_max_epoch - epoch + 1
+    assert progress_lines(output) == report_points(step, windows, epochs_left), output
+
+
+def saved_position(run: Path) -> tuple[int, int] | None:
+    """(epoch, step) where the run's checkpoint resumes, if it has one."""
+    if not (run / "model.safetensors").exists():
+        return None
+    progress = load_lm(run).progress
+    return progress.epoch, progress.step
 
 
 def next_log(run: Path) -> Path:
@@ -142,7 +163,7 @@ def test_killed_at_random_and_inside_the_last_write_resumes_bit_for_bit(corpus, 
     # model.safetensors at the end must not leave a stale best behind.
     run_and_kill(ptb, killed, Kill(in_save=writes_left(killed, windows)), rng)
     assert any(name.endswith(".tmp") for name in tree_files(killed)), "died mid-write"
-    finish(ptb, killed)
+    finish(ptb, killed, windows)
     check_reference(reference, straight)
     assert_same_run(straight, killed)
 
@@ -160,6 +181,6 @@ def test_many_random_kills_and_both_end_of_run_writes_resume_bit_for_bit(corpus,
     left = writes_left(killed, windows)
     run_and_kill(ptb, killed, Kill(in_save=left - 1), rng)  # writing best.safetensors
     run_and_kill(ptb, killed, Kill(in_save=2), rng)  # then writing model.safetensors
-    finish(ptb, killed)
+    finish(ptb, killed, windows)
     check_reference(reference, straight)
     assert_same_run(straight, killed)

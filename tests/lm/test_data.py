@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 import torch
 
-from conftest import shared_data, write_plain_text
+from conftest import progress_lines, resumed_at, shared_data, write_plain_text
 from lstmkit.cli import main
 from lstmkit.errors import UserError
 from lstmkit.lm.data import build_vocab, load_text_corpus, tokenize
@@ -131,16 +131,19 @@ def test_char_training_saves_level_and_character_vocabulary(text_file, tmp_path,
     assert epochs[1]["valid_loss"] < epochs[0]["valid_loss"]
 
 
-def test_adam_char_run_resumes_to_the_same_parameters_as_one_run(text_file, tmp_path):
+def test_adam_char_run_resumes_to_the_same_parameters_as_one_run(text_file, tmp_path, capsys):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     data = ["--data-file", str(text_file)]
     assert main(["train", *CHAR_FAST, *data, "--save-path", str(straight),
                  "--max-max-epoch", "2", "--max-epoch", "1"]) == 0
     assert main(["train", *CHAR_FAST, *data, "--save-path", str(resumed),
                  "--max-max-epoch", "1", "--max-epoch", "1"]) == 0
+    capsys.readouterr()
     # Level and vocabulary come from the run: only the data and the new length are given.
     assert main(["train", "--resume", "--save-path", str(resumed), *data,
                  "--max-max-epoch", "2"]) == 0
+    out = capsys.readouterr().out
+    assert resumed_at(out) == (2, 0) and progress_lines(out) == 10, "epoch 2 only"
     a, b = load_lm(straight), load_lm(resumed)
     assert all(torch.equal(a.model.state_dict()[k], b.model.state_dict()[k])
                for k in a.model.state_dict())

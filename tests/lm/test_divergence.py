@@ -3,13 +3,15 @@ lower learning rate; never a diverged model written over a good checkpoint."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
 
 import pytest
 import torch
 
-from conftest import tree_files
+import lstmkit.lm.train
+from conftest import resumed_at, tree_files
 from lstmkit.cli import main
 from lstmkit.errors import UserError
 from lstmkit.lm import api
@@ -57,6 +59,27 @@ def finite(path) -> bool:
 
 def test_nan_loss_stops_with_one_line_before_the_weights_change(ptb_dir, tmp_path, capsys,
                                                                  monkeypatch):
+    """The faulty step 25 neither updates the weights in memory nor writes the checkpoint:
+    the weights stay those after step 24, model.safetensors the bytes written at step 20."""
+    written, stepped = [], []
+    save = lstmkit.lm.train.save_lm_checkpoint
+
+    def recording_save(path, *args, **kwargs):
+        save(path, *args, **kwargs)
+        written.append(path.read_bytes())
+
+    step = torch.optim.SGD.step
+
+    def recording_step(self, *args, **kwargs):
+        out = step(self, *args, **kwargs)
+        stepped.append([p.detach().clone() for p in self.param_groups[0]["params"]])
+        live.clear()
+        live.extend(self.param_groups[0]["params"])
+        return out
+
+    live: list[torch.Tensor] = []
+    monkeypatch.setattr(lstmkit.lm.train, "save_lm_checkpoint", recording_save)
+    monkeypatch.setattr(torch.optim.SGD, "step", recording_step)
     run = tmp_path / "run"
     nan_loss_at(monkeypatch, 25)
     assert main(["train", *FAST, "--checkpoint-every", "10", "--data-dir", str(ptb_dir),
@@ -65,6 +88,9 @@ def test_nan_loss_stops_with_one_line_before_the_weights_change(ptb_dir, tmp_pat
         "lstmkit: error: training diverged: loss is nan at epoch 1, step 25; the last "
         "checkpoint is intact (try a lower learning_rate or max_grad_norm, or --on-nan "
         "rollback)\n")
+    assert len(stepped) == 24, "no optimizer step at the faulty window"
+    assert all(torch.equal(now, then) for now, then in zip(live, stepped[-1], strict=True))
+    assert len(written) == 2 and (run / "model.safetensors").read_bytes() == written[-1]
     assert load_lm(run).progress.step == 20 and finite(run)
     assert tree_files(run) == {"model.safetensors", "metrics.jsonl"}
 
@@ -109,8 +135,10 @@ def test_rollback_returns_to_the_last_checkpoint_and_lowers_the_learning_rate(
     assert load_lm(run).progress.lr_scale == ROLLBACK_LR_FACTOR
     assert finite(run) and finite(run / "best.safetensors")
 
+    said = io.StringIO()
     api.train_ptb(config(on_nan="rollback", max_max_epoch=3), ptb_dir, run, resume=True,
-                  console=QUIET)
+                  console=Console(said))
+    assert resumed_at(said.getvalue()) == (3, 0)
     assert records(run, "epoch")[-1]["learning_rate"] == 0.125, "resume keeps the lowered rate"
 
 

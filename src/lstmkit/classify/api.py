@@ -54,7 +54,9 @@ def train(config: ClassifierConfig, data: str | Path, save_path: str | Path | No
           valid_data: str | Path | None = None, test_data: str | Path | None = None,
           vectors: str | Path | None = None, text_column: str = "text",
           label_column: str = "label", console: Console | None = None,
-          overwrite: bool = False) -> ClassifierResult:
+          overwrite: bool = False, tensorboard: str | Path | None = None) -> ClassifierResult:
+    """`lstmkit classify train`; `tensorboard`: a directory for TensorBoard event files of the
+    metrics."""
     console = rank_console(console)  # silent off rank 0 under torchrun
     if vectors is not None:
         dimension = vector_dimension(vectors)
@@ -66,7 +68,8 @@ def train(config: ClassifierConfig, data: str | Path, save_path: str | Path | No
         name = "positive" if splits.train.labels[0] == POSITIVE else "negative"
         raise UserError(f"{splits.train.source}: every training text is {name}; a classifier "
                         f"needs texts of both labels")
-    return train_classifier(config, splits, save_path, vectors, meta, console, overwrite)
+    return train_classifier(config, splits, save_path, vectors, meta, console, overwrite,
+                            tensorboard)
 
 
 @dataclass(frozen=True)

@@ -8,25 +8,12 @@ import sys
 from typing import Any
 
 from lstmkit.classify import api
-from lstmkit.classify.config import RECIPES, apply_overrides, field_names, recipe
+from lstmkit.classify.config import RECIPES, apply_overrides, field_helps, field_names, recipe
 from lstmkit.classify.data import decode_lines_to_score, read_lines_to_score
+from lstmkit.reporting import TENSORBOARD_HELP
 
 _DATA_HELP = ("a directory with rt-polarity.pos + rt-polarity.neg (or *.pos + *.neg), a "
               "directory with reviews.txt + labels.txt, or a .tsv/.csv file with a header")
-_FLAG_HELP = {
-    "layer_sizes": "recurrent layer sizes, bottom first (default 128,64)",
-    "cell": "lstm, gru or rnn",
-    "bidirectional": "true/false",
-    "max_length": "keep the first N tokens of each text (0: all)",
-    "packed": "true: pack batches so padding never enters the RNN; false: pad",
-    "min_count": "training count a word needs to enter the vocabulary",
-    "max_vocab": "vocabulary cap incl. <pad>, <unk> (0: none)",
-    "loss": "bce (default) or mse (the tutorial's)",
-    "optimizer": "adam (default) or adadelta (the tutorial's)",
-    "epochs": "epochs to train; the best-valid epoch is kept",
-    "seed": "seeds the split, the weights, the batch order and dropout",
-    "device": "auto, cpu or cuda",
-}
 
 
 def add_classify_command(commands) -> None:
@@ -63,10 +50,12 @@ def _add_train(sub) -> None:
     p.add_argument("--save-path", help="run directory for best.safetensors, metrics, curve")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the model already in --save-path (without this, refused)")
-    fields = p.add_argument_group("config fields (override the recipe)")
-    for name in field_names():
+    p.add_argument("--tensorboard", metavar="DIR", help=TENSORBOARD_HELP)
+    fields = p.add_argument_group("config fields (override the recipe; defaults are the "
+                                  "default recipe's)")
+    for name, text in field_helps().items():
         fields.add_argument(f"--{name.replace('_', '-')}", dest=f"field_{name}", default=None,
-                            metavar="V", help=_FLAG_HELP.get(name))
+                            metavar="V", help=text)
     p.set_defaults(handler=_train)
 
 
@@ -75,7 +64,8 @@ def _train(args: argparse.Namespace) -> int:
                              if getattr(args, f"field_{name}") is not None}
     config = apply_overrides(recipe(args.recipe), flags, "command line")
     api.train(config, args.data, args.save_path, args.valid_data, args.test_data, args.vectors,
-              args.text_column, args.label_column, overwrite=args.overwrite)
+              args.text_column, args.label_column, overwrite=args.overwrite,
+              tensorboard=args.tensorboard)
     return 0
 
 

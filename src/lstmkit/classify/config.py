@@ -17,7 +17,7 @@ from typing import Any
 from lstmkit.device import DEVICES
 from lstmkit.errors import UserError
 from lstmkit.fields import apply_overrides as apply_field_overrides
-from lstmkit.fields import check_choice, check_seed, check_types
+from lstmkit.fields import check_choice, check_seed, check_types, described, flag_helps
 from lstmkit.nn.recurrent import CELLS
 
 LOSSES = ("bce", "mse")
@@ -27,32 +27,41 @@ OPTIMIZERS = ("adam", "adadelta")
 @dataclass(frozen=True)
 class ClassifierConfig:
     # --- model ---
-    layer_sizes: tuple[int, ...] = (128, 64)  # one recurrent layer per entry, bottom first
-    cell: str = "lstm"
-    bidirectional: bool = False
-    embed_size: int = 300
-    embed_dropout: float = 0.5  # on the embeddings (the tutorial has none)
-    dropout: float = 0.5  # on each recurrent layer's output (the tutorial's DropoutWrapper)
+    layer_sizes: tuple[int, ...] = described(
+        (128, 64), "recurrent layer sizes, bottom first, one layer per size")
+    cell: str = described("lstm", "recurrent cell", CELLS)
+    bidirectional: bool = described(False, "read each text both ways")
+    embed_size: int = described(300, "word embedding size; with --vectors, it must be theirs")
+    # The tutorial has no embedding dropout.
+    embed_dropout: float = described(0.5, "dropout probability on the embeddings")
+    # The tutorial's DropoutWrapper.
+    dropout: float = described(0.5, "dropout probability on each recurrent layer's output")
     # --- text -> ids ---
-    lowercase: bool = True
-    max_length: int = 0  # keep the first N tokens of a text (0: keep all)
-    packed: bool = True  # pack variable-length batches; False: pad with <pad> (see model.py)
-    min_count: int = 2  # training-split count a word needs to enter the vocabulary
-    max_vocab: int = 0  # cap on the vocabulary size, <pad> and <unk> included (0: no cap)
+    lowercase: bool = described(True, "lowercase texts before splitting them into words")
+    max_length: int = described(0, "keep the first N tokens of each text; 0: keep all")
+    packed: bool = described(
+        True, "true: pack batches so padding never enters the RNN; false: pad with <pad>")
+    min_count: int = described(2, "training-split count a word needs to enter the vocabulary")
+    max_vocab: int = described(
+        0, "cap on the vocabulary size, <pad> and <unk> included; 0: no cap")
     # --- training ---
-    loss: str = "bce"
-    optimizer: str = "adam"
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.0
-    max_grad_norm: float = 5.0  # 0: no clipping
-    batch_size: int = 32
-    epochs: int = 10  # the checkpoint kept is the epoch with the best valid accuracy
+    loss: str = described("bce", "bce: cross-entropy on the logit; mse: the tutorial's, on the "
+                          "sigmoid", LOSSES)
+    optimizer: str = described("adam", "adadelta is the tutorial's", OPTIMIZERS)
+    learning_rate: float = described(1e-3, "the optimizer's learning rate")
+    weight_decay: float = described(0.0, "L2 penalty of the optimizer")
+    max_grad_norm: float = described(5.0, "clip the gradient's global norm to V; 0: no clipping")
+    batch_size: int = described(32, "texts per training batch")
+    epochs: int = described(
+        10, "epochs to train; the checkpoint kept is the epoch with the best valid accuracy")
     # --- split (only when the data has no explicit valid/test part) ---
-    valid_fraction: float = 0.1
-    test_fraction: float = 0.1
+    valid_fraction: float = described(
+        0.1, "share of --data held out for validation, without --valid-data")
+    test_fraction: float = described(
+        0.1, "share of --data held out for testing, without --test-data")
     # --- run control ---
-    seed: int = 0  # the split, the initial weights, the batch order and dropout
-    device: str = "auto"
+    seed: int = described(0, "seeds the split, the initial weights, the batch order and dropout")
+    device: str = described("auto", "where to train; auto: cuda if present, else cpu", DEVICES)
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -125,6 +134,11 @@ def recipe(name: str) -> ClassifierConfig:
 
 def field_names() -> list[str]:
     return [f.name for f in fields(ClassifierConfig)]
+
+
+def field_helps() -> dict[str, str]:
+    """Each field's `--help` text (description, allowed values, default)."""
+    return flag_helps(ClassifierConfig)
 
 
 def apply_overrides(config: ClassifierConfig, overrides: Mapping[str, Any], source: str

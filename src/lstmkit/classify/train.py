@@ -34,7 +34,14 @@ from lstmkit.classify.vectors import load_word_vectors
 from lstmkit.device import resolve_device
 from lstmkit.distributed import World, joined, launched_world, rank_console
 from lstmkit.errors import UserError, model_fits
-from lstmkit.reporting import Console, MetricsLog, plot_epoch_curves
+from lstmkit.reporting import (
+    Console,
+    MetricsLog,
+    ScalarWriter,
+    crosses_report_point,
+    plot_epoch_curves,
+    require_tensorboard,
+)
 from lstmkit.rundir import (
     BEST_FILE,
     CURVE_FILE,
@@ -59,25 +66,29 @@ class ClassifierResult:
 
 def train_classifier(config: ClassifierConfig, splits: Splits, save_path: str | Path | None,
                      vectors_path: str | Path | None = None, split_meta: dict | None = None,
-                     console: Console | None = None, overwrite: bool = False
-                     ) -> ClassifierResult:
+                     console: Console | None = None, overwrite: bool = False,
+                     tensorboard: str | Path | None = None) -> ClassifierResult:
     """Train on `splits.train`, keep the best epoch on `splits.valid`, score it on `splits.test`.
 
     `split_meta` (saved in the checkpoint) lets `evaluate` re-make a seeded split.
+    `tensorboard`: a directory for TensorBoard event files holding metrics.jsonl's numbers.
     Under torchrun every rank runs this (see distributed.py): each trains on its share of every
     batch, rank 0 alone talks and writes.
     """
+    if tensorboard is not None:
+        require_tensorboard()
     world = launched_world()
     world.check_divides(config.batch_size)
     console = rank_console(console, world)
     refuse_to_replace(save_path, overwrite, resumable=False)
     with joined(world, resolve_device(config.device)) as world:
-        return _train(config, splits, save_path, vectors_path, split_meta, console, world)
+        return _train(config, splits, save_path, vectors_path, split_meta, console, world,
+                      tensorboard)
 
 
 def _train(config: ClassifierConfig, splits: Splits, save_path: str | Path | None,
            vectors_path: str | Path | None, split_meta: dict | None, console: Console,
-           world: World) -> ClassifierResult:
+           world: World, tensorboard: str | Path | None) -> ClassifierResult:
     device = world.device
     for note in dict.fromkeys(splits.train.notes + splits.valid.notes + splits.test.notes):
         console.say(f"note: {note}")
@@ -96,7 +107,10 @@ def _train(config: ClassifierConfig, splits: Splits, save_path: str | Path | Non
     replica = world.wrap(model)
     # Every input is checked by now, so a mistake in one leaves no run directory behind.
     run_dir = prepare_run_dir(save_path) if save_path is not None and world.is_main else None
-    metrics = MetricsLog(run_dir / METRICS_FILE if run_dir else None)
+    scalars = None
+    if tensorboard is not None and world.is_main:
+        scalars = ScalarWriter(tensorboard, _batches_per_epoch(len(train), config, world))
+    metrics = MetricsLog(run_dir / METRICS_FILE if run_dir else None, scalars)
     if run_dir is not None:
         clear_run(run_dir)
     parameters = sum(p.numel() for p in model.parameters())
@@ -121,8 +135,7 @@ def _train(config: ClassifierConfig, splits: Splits, save_path: str | Path | Non
     for epoch in range(1, config.epochs + 1):
         start = time.perf_counter()
         train_loss, train_accuracy = _train_epoch(model, optimizer, train, config, order,
-                                                  console, f"epoch {epoch}/{config.epochs}",
-                                                  world, replica)
+                                                  console, metrics, epoch, world, replica)
         valid_score = _agreed(score(model, valid, config.loss), world)
         seconds = time.perf_counter() - start
         improved = best is None or valid_score.accuracy > best[0]
@@ -157,13 +170,14 @@ def _train(config: ClassifierConfig, splits: Splits, save_path: str | Path | Non
                           f"{config.loss} + {config.optimizer}",
                           {"train (dropout on)": "train_accuracy", "valid": "valid_accuracy"},
                           "accuracy")
+    metrics.close()
     return ClassifierResult(history, best_epoch, valid_accuracy, test_score.accuracy, model,
                             vocab, run_dir)
 
 
 def _train_epoch(model: SentimentClassifier, optimizer: torch.optim.Optimizer,
                  train: EncodedSplit, config: ClassifierConfig, order: torch.Generator,
-                 console: Console, description: str, world: World,
+                 console: Console, metrics: MetricsLog, epoch: int, world: World,
                  replica: torch.nn.Module) -> tuple[float, float]:
     """One pass in a seeded random order; returns mean loss and accuracy over the texts.
 
@@ -173,14 +187,13 @@ def _train_epoch(model: SentimentClassifier, optimizer: torch.optim.Optimizer,
     """
     model.train()
     device = next(model.parameters()).device
+    description = f"epoch {epoch}/{config.epochs}"
     permutation = torch.randperm(len(train), generator=order).tolist()
-    batches = [permutation[i:i + config.batch_size]
-               for i in range(0, len(permutation), config.batch_size)]
-    # A last batch smaller than the rank count would leave a rank without texts: dropped.
-    batches = [chosen for chosen in batches if len(chosen) >= world.size]
-    total_loss, correct = 0.0, 0.0
+    batches = _epoch_batches(permutation, config, world)
+    total_loss, correct, seen = 0.0, 0.0, 0
+    start_time = time.perf_counter()
     bar = console.progress(len(batches), 0, description, unit="batch")
-    for chosen in batches:
+    for step, chosen in enumerate(batches, start=1):
         mine = chosen[world.share(len(chosen))]
         ids, lengths = pad_batch([train.ids[i] for i in mine])
         labels = train.labels[mine].to(device)
@@ -200,12 +213,42 @@ def _train_epoch(model: SentimentClassifier, optimizer: torch.optim.Optimizer,
             raise UserError(f"training diverged: loss is {value} ({description}); try a lower "
                             f"learning_rate")
         total_loss += value * len(chosen)
+        seen += len(chosen)
         correct += ((logits.detach() >= 0).float() == labels).sum().item()
         bar.update(1)
+        if crosses_report_point(step, len(batches)):
+            # Every rank reaches the same report points, so the sum over ranks is safe here.
+            _report_progress(console, metrics, epoch, step, len(batches), total_loss / seen,
+                             _all_ranks(correct, world) / seen,
+                             seen / max(time.perf_counter() - start_time, 1e-9))
     bar.close()
-    seen = sum(len(chosen) for chosen in batches)
-    correct = world.summed(torch.tensor(correct, dtype=torch.float64)).item()
-    return total_loss / seen, correct / seen
+    return total_loss / seen, _all_ranks(correct, world) / seen
+
+
+def _epoch_batches(permutation: list[int], config: ClassifierConfig, world: World
+                   ) -> list[list[int]]:
+    batches = [permutation[i:i + config.batch_size]
+               for i in range(0, len(permutation), config.batch_size)]
+    # A last batch smaller than the rank count would leave a rank without texts: dropped.
+    return [chosen for chosen in batches if len(chosen) >= world.size]
+
+
+def _batches_per_epoch(texts: int, config: ClassifierConfig, world: World) -> int:
+    return len(_epoch_batches(list(range(texts)), config, world))
+
+
+def _all_ranks(count: float, world: World) -> float:
+    return world.summed(torch.tensor(count, dtype=torch.float64)).item()
+
+
+def _report_progress(console: Console, metrics: MetricsLog, epoch: int, step: int, steps: int,
+                     loss: float, accuracy: float, texts_per_sec: float) -> None:
+    """A tenth of the epoch done: running train loss and accuracy (dropout on), and speed."""
+    console.say(f"{step / steps:.3f} loss: {loss:.3f} accuracy: {accuracy:.3f} speed: "
+                f"{texts_per_sec:.0f} texts/s")
+    metrics.write({"event": "progress", "epoch": epoch, "step": step, "fraction": step / steps,
+                   "train_loss": loss, "train_accuracy": accuracy,
+                   "texts_per_sec": texts_per_sec})
 
 
 def _agreed(result: Score, world: World) -> Score:

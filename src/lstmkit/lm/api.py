@@ -23,6 +23,7 @@ from lstmkit.lm.config import (
     PRESETS,
     LMConfig,
     apply_overrides,
+    field_helps,
     field_names,
     load_config_file,
     preset,
@@ -46,8 +47,8 @@ from lstmkit.vocab import EOS
 
 # What the command line offers, from the modules that own each list.
 __all__ = ["DEVICES", "LEVELS", "MODEL_FILE", "PRECISIONS", "PRESETS", "SPLITS",
-           "LanguageModelRun", "TextSource", "download_ptb", "evaluate_ptb", "field_names",
-           "load", "train", "train_ptb", "train_text"]
+           "LanguageModelRun", "TextSource", "download_ptb", "evaluate_ptb", "field_helps",
+           "field_names", "load", "train", "train_ptb", "train_text"]
 
 
 @dataclass(frozen=True)
@@ -80,17 +81,18 @@ class TextSource:
 def train(source: TextSource, *, preset_name: str = "small",
           config_file: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
           level: str | None = None, save_path: str | Path | None = None, resume: bool = False,
-          overwrite: bool = False, console: Console | None = None) -> TrainResult:
+          overwrite: bool = False, console: Console | None = None,
+          tensorboard: str | Path | None = None) -> TrainResult:
     """`lstmkit train`: the config is the preset (or, with `resume`, the run's own), then the
     config file, then `overrides`; a fresh run refuses a `save_path` holding a run unless
-    `overwrite`."""
+    `overwrite`. `tensorboard`: a directory for TensorBoard event files of the metrics."""
     resumed = resumable_run(save_path, overwrite) if resume else None
     config = resumed.config if resumed is not None else preset(preset_name)
     if config_file:
         config = apply_overrides(config, load_config_file(config_file), str(config_file))
     config = apply_overrides(config, overrides or {}, "command line")
     return train_text(config, level, source, save_path=save_path, resumed=resumed,
-                      console=console, overwrite=overwrite)
+                      console=console, overwrite=overwrite, tensorboard=tensorboard)
 
 
 def resumable_run(save_path: str | Path | None, overwrite: bool = False) -> LoadedLM:
@@ -109,7 +111,8 @@ def resumable_run(save_path: str | Path | None, overwrite: bool = False) -> Load
 
 def train_text(config: LMConfig, level: str | None = None, source: TextSource | None = None, *,
                save_path: str | Path | None = None, resumed: LoadedLM | None = None,
-               console: Console | None = None, overwrite: bool = False) -> TrainResult:
+               console: Console | None = None, overwrite: bool = False,
+               tensorboard: str | Path | None = None) -> TrainResult:
     """Train a word- or char-level model on `source` with a complete `config`.
 
     `resumed` (see `resumable_run`) continues that run. `level` defaults to the resumed run's,
@@ -132,7 +135,8 @@ def train_text(config: LMConfig, level: str | None = None, source: TextSource | 
                 f"valid {corpus.valid.numel():,}, test {corpus.test.numel():,} {unit}s; "
                 f"vocabulary {len(corpus.vocab):,}"
                 + (f" (with {corpus.vocab.unk})" if corpus.vocab.unk else ""))
-    return train_language_model(config, corpus, save_path, resumed, console, overwrite)
+    return train_language_model(config, corpus, save_path, resumed, console, overwrite,
+                                tensorboard)
 
 
 def train_ptb(config: LMConfig, data_dir: str | Path | None, save_path: str | Path | None,

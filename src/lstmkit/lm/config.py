@@ -18,7 +18,7 @@ from typing import Any
 from lstmkit.device import DEVICES, PRECISIONS
 from lstmkit.errors import UserError
 from lstmkit.fields import apply_overrides as apply_field_overrides
-from lstmkit.fields import check_choice, check_seed, check_types
+from lstmkit.fields import check_choice, check_seed, check_types, described, flag_helps
 from lstmkit.nn.recurrent import CELLS, LSTM_IMPLS
 
 OPTIMIZERS = ("sgd", "adam")
@@ -29,38 +29,44 @@ FLOAT32_MAX = 3.4028234663852886e38
 @dataclass(frozen=True)
 class LMConfig:
     # --- the tutorial's hyperparameters (its preset table, see PRESETS) ---
-    init_scale: float = 0.1
-    learning_rate: float = 1.0
-    max_grad_norm: float = 5.0
-    num_layers: int = 2
-    num_steps: int = 20
-    hidden_size: int = 200
-    max_epoch: int = 4
-    max_max_epoch: int = 13
-    keep_prob: float = 1.0
-    lr_decay: float = 0.5
-    batch_size: int = 20
+    init_scale: float = described(0.1, "weights start uniform in [-V, V]")
+    learning_rate: float = described(
+        1.0, "learning rate of the first epochs; SGD: 1.0, Adam: about 0.002")
+    max_grad_norm: float = described(5.0, "clip the gradient's global norm to V")
+    num_layers: int = described(2, "stacked recurrent layers")
+    num_steps: int = described(20, "time steps a training window unrolls (truncated BPTT)")
+    hidden_size: int = described(200, "units per layer, and the embedding size")
+    max_epoch: int = described(4, "epochs at the initial learning rate before it decays")
+    max_max_epoch: int = described(13, "epochs to train")
+    keep_prob: float = described(
+        1.0, "probability of keeping a unit in dropout between layers; 1: no dropout")
+    lr_decay: float = described(0.5, "learning rate factor per epoch after max_epoch")
+    batch_size: int = described(20, "rows trained side by side")
     # --- optimizer: the tutorial's plain SGD; Adam (learning_rate ~0.002) suits char models ---
-    optimizer: str = "sgd"
+    optimizer: str = described("sgd", "the tutorial's plain SGD, or Adam", OPTIMIZERS)
     # --- model variants ---
-    cell: str = "lstm"
-    forget_bias: float = 0.0  # the tutorial's choice; 1.0 is the common alternative
-    # The LSTM layer: lstmkit's own ("native"), oneDNN's nn.LSTM ("onednn"), or "auto": ours
-    # where it measured faster (bf16 training; see nn/recurrent.py). Same parameters either way.
-    lstm_impl: str = "auto"
+    cell: str = described("lstm", "recurrent cell", CELLS)
+    # 0 is the tutorial's choice; 1.0 is the common alternative
+    forget_bias: float = described(0.0, "added to the LSTM forget gate's initial bias")
+    lstm_impl: str = described(
+        "auto", "the LSTM layer: lstmkit's own (native), oneDNN's nn.LSTM (onednn), or auto: "
+        "ours where it measured faster (bf16 training)", LSTM_IMPLS)
     # --- evaluation shape: fast default; the tutorial's stream is batch 1 (see evaluate.py) ---
-    eval_batch_size: int = 10
-    eval_num_steps: int = 50
+    eval_batch_size: int = described(10, "rows of the valid/test evaluation")
+    eval_num_steps: int = described(50, "window length of the valid/test evaluation")
     # --- run control ---
-    seed: int = 0
-    # "auto": bf16 on CPUs with native bf16 products (AVX512-BF16, AMX), else fp32 (device.py);
-    # the run header says which. A full `small` run in bf16 meets the paper's test perplexity.
-    precision: str = "auto"
-    device: str = "auto"
-    checkpoint_every: int = 0  # also checkpoint every N training steps (0: at epoch ends only)
-    # A NaN/inf loss or gradient: stop (the last checkpoint is intact), or roll back to the last
-    # checkpoint and halve the learning rate (see train/lm.py, ROLLBACK_LR_FACTOR).
-    on_nan: str = "stop"
+    seed: int = described(0, "seeds the weights and dropout: same seed, same run")
+    # The run header says what "auto" resolved to (device.py).
+    precision: str = described(
+        "auto", "arithmetic precision; auto: bf16 where the CPU has native bf16, else fp32",
+        PRECISIONS)
+    device: str = described("auto", "where to train; auto: cuda if present, else cpu", DEVICES)
+    checkpoint_every: int = described(
+        0, "also checkpoint every N training steps; 0: at epoch ends only")
+    # Rollback: see train.py, ROLLBACK_LR_FACTOR.
+    on_nan: str = described(
+        "stop", "on a NaN/inf loss or gradient: stop (the last checkpoint is intact), or roll "
+        "back to the last checkpoint and halve the learning rate", ON_NAN)
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -138,6 +144,11 @@ def preset(name: str) -> LMConfig:
 
 def field_names() -> list[str]:
     return [f.name for f in fields(LMConfig)]
+
+
+def field_helps() -> dict[str, str]:
+    """Each field's `--help` text (description, allowed values, default)."""
+    return flag_helps(LMConfig)
 
 
 def apply_overrides(config: LMConfig, overrides: Mapping[str, Any], source: str) -> LMConfig:

@@ -36,7 +36,14 @@ from lstmkit.lm.runs import (
 )
 from lstmkit.nn import kernels
 from lstmkit.nn.recurrent import describe_lstm_impl, detach_state
-from lstmkit.reporting import Console, MetricsLog, plot_learning_curve
+from lstmkit.reporting import (
+    Console,
+    MetricsLog,
+    ScalarWriter,
+    crosses_report_point,
+    plot_learning_curve,
+    require_tensorboard,
+)
 from lstmkit.rundir import (
     BEST_FILE,
     CURVE_FILE,
@@ -47,7 +54,6 @@ from lstmkit.rundir import (
     refuse_to_replace,
 )
 
-REPORTS_PER_EPOCH = 10
 ROLLBACK_LR_FACTOR = 0.5  # on_nan rollback: each rollback halves the learning rate
 MAX_ROLLBACKS_IN_A_ROW = 3  # to the same checkpoint; one more fault there stops the run
 
@@ -78,14 +84,18 @@ FIXED_ON_RESUME = ("cell", "num_layers", "hidden_size", "batch_size", "num_steps
 
 def train_language_model(config: LMConfig, data: TokenSplits, save_path: str | Path | None,
                          resumed: LoadedLM | None = None, console: Console | None = None,
-                         overwrite: bool = False) -> TrainResult:
+                         overwrite: bool = False, tensorboard: str | Path | None = None
+                         ) -> TrainResult:
     """Train, checkpointing into `save_path`; data-parallel when launched by torchrun.
 
     `resumed` is the run in `save_path` as loaded to continue it (`lm.api.resumable_run`).
+    `tensorboard`: a directory for TensorBoard event files holding metrics.jsonl's numbers.
 
     Under torchrun every rank runs this with the same arguments (see distributed.py): each
     trains on its share of every batch's rows, and rank 0 alone talks and writes.
     """
+    if tensorboard is not None:
+        require_tensorboard()
     world = launched_world()
     world.check_divides(config.batch_size)
     console = rank_console(console, world)
@@ -94,7 +104,7 @@ def train_language_model(config: LMConfig, data: TokenSplits, save_path: str | P
     if resumed is None:
         refuse_to_replace(save_path, overwrite, resumable=True)
     with joined(world, device) as world:
-        return _train_run(config, data, save_path, resumed, console, world)
+        return _train_run(config, data, save_path, resumed, console, world, tensorboard)
 
 
 def _precision_label(config: LMConfig, device: torch.device) -> str:
@@ -115,7 +125,8 @@ def implementation(config: LMConfig, model: LanguageModel, device: torch.device
 
 
 def _train_run(config: LMConfig, data: TokenSplits, save_path: str | Path | None,
-               resumed: LoadedLM | None, console: Console, world: World) -> TrainResult:
+               resumed: LoadedLM | None, console: Console, world: World,
+               tensorboard: str | Path | None) -> TrainResult:
     device = world.device
     resume = resumed is not None
     windows = _check_fit(config, data, save_path)  # before any file of the run is touched
@@ -124,7 +135,8 @@ def _train_run(config: LMConfig, data: TokenSplits, save_path: str | Path | None
         with model_fits("language model"):
             model = build_language_model(config, len(data.vocab)).to(device)
     run_dir = _run_dir(save_path, world)
-    metrics = MetricsLog(run_dir / METRICS_FILE if run_dir and world.is_main else None)
+    metrics = MetricsLog(run_dir / METRICS_FILE if run_dir and world.is_main else None,
+                         _scalar_writer(tensorboard, windows, resumed, world))
 
     if resume:
         model, optimizer, progress, carried = _resume(config, data, resumed, world, metrics)
@@ -204,6 +216,7 @@ def _train_run(config: LMConfig, data: TokenSplits, save_path: str | Path | None
         plot_learning_curve(progress.history, run_dir / CURVE_FILE,
                             f"{data.level}-level {config.cell.upper()}, "
                             f"{config.num_layers}x{config.hidden_size}")
+    metrics.close()
     return TrainResult(progress.history, test.value, fast.value, run_dir)
 
 
@@ -243,7 +256,7 @@ def _train_epoch(model: LanguageModel, optimizer: torch.optim.Optimizer, rows: t
         progress.iters += config.num_steps
         progress.step += 1
         bar.update(1)
-        if _crosses_report_point(progress.step, windows):
+        if crosses_report_point(progress.step, windows):
             elapsed = time.perf_counter() - start_time
             words = (progress.step - start_step) * config.batch_size * config.num_steps
             running = math.exp(progress.costs / progress.iters)
@@ -273,6 +286,17 @@ def weights_finite(model: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
+def _scalar_writer(tensorboard: str | Path | None, windows: int, resumed: LoadedLM | None,
+                   world: World) -> ScalarWriter | None:
+    """Rank 0's TensorBoard writer, if asked for; a resumed run's starts at its checkpoint."""
+    if tensorboard is None or not world.is_main:
+        return None
+    purge = None
+    if resumed is not None:
+        purge = (resumed.progress.epoch - 1) * windows + resumed.progress.step
+    return ScalarWriter(tensorboard, windows, purge_step=purge)
+
+
 def _check_fit(config: LMConfig, data: TokenSplits, save_path: str | Path | None) -> int:
     """Windows per epoch; data too short for the configured shapes is refused up front."""
     windows = epoch_size(data.train.numel(), config.batch_size, config.num_steps)
@@ -287,11 +311,6 @@ def _check_fit(config: LMConfig, data: TokenSplits, save_path: str | Path | None
         raise UserError("on_nan rollback needs a save path (--save-path): it rolls back to "
                         "the run's last checkpoint")
     return windows
-
-
-def _crosses_report_point(step: int, windows: int) -> bool:
-    """True at the steps that finish a tenth of the epoch (ten reports per epoch)."""
-    return step * REPORTS_PER_EPOCH // windows > (step - 1) * REPORTS_PER_EPOCH // windows
 
 
 class _WindowLoss(torch.nn.Module):

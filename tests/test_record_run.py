@@ -1,0 +1,77 @@
+"""scripts/record-run.sh: a record names its machine (instruction sets included) and a commit
+that is the code it ran, or refuses a tree with uncommitted changes unless told to keep them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "record-run.sh"
+
+pytestmark = pytest.mark.skipif(shutil.which("git") is None or shutil.which("bash") is None,
+                                reason="needs git and bash")
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A checkout holding the script, committed."""
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    shutil.copy(SCRIPT, repo / "scripts" / "record-run.sh")
+    (repo / "code.py").write_text("x = 1\n")
+    git(repo, "init", "-q")
+    git(repo, "add", ".")
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "start")
+    return repo
+
+
+def record(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.run(["bash", str(repo / "scripts" / "record-run.sh"), *args,
+                           str(repo / "run"), "--", "echo", "trained"],
+                          capture_output=True, text=True, env=env, cwd=repo, timeout=120)
+
+
+def cpu_flags() -> set[str]:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def test_a_record_names_the_cpu_and_a_clean_commit_or_keeps_the_uncommitted_diff(repo):
+    done = record(repo, "first")
+    assert done.returncode == 0, done.stderr
+    machine = (repo / "results" / "first" / "machine.txt").read_text()
+    assert f"lstmkit commit: {git(repo, 'rev-parse', '--short', 'HEAD')} (clean tree)" in machine
+    assert "python: " in machine and "torch: " in machine and " threads" in machine
+    sets = next(line for line in machine.splitlines() if line.startswith("instruction sets: "))
+    if Path("/proc/cpuinfo").exists():
+        assert ("AVX2" in sets) == ("avx2" in cpu_flags())
+        assert ("AVX-512" in sets) == ("avx512f" in cpu_flags())
+    assert (repo / "results" / "first" / "train.log").read_text() == "trained\n"
+
+    (repo / "code.py").write_text("x = 2\n")
+    (repo / "new.py").write_text("y = 3\n")
+    done = record(repo, "dirty")
+    assert done.returncode == 2 and "uncommitted changes" in done.stderr
+    assert "results" not in done.stderr, "an earlier record (uncommitted) is not a change"
+    assert not (repo / "results" / "dirty").exists()
+
+    done = record(repo, "--allow-dirty", "dirty")
+    assert done.returncode == 0, done.stderr
+    kept = repo / "results" / "dirty"
+    assert "(dirty tree: uncommitted changes in uncommitted.diff)" in (
+        kept / "machine.txt").read_text()
+    diff = (kept / "uncommitted.diff").read_text()
+    assert "+x = 2" in diff and "+y = 3" in diff
