@@ -120,6 +120,8 @@ def writes_left(run: Path, windows: int) -> int:
 
 def metrics(run: Path) -> list[dict]:
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    # A resumed process adds a setup record where it starts; the training records must agree.
+    records = [record for record in records if record["event"] != "setup"]
     for record in records:
         record.pop("words_per_sec", None)  # the one field that depends on the clock
     return records
