@@ -317,7 +317,7 @@ def world(tmp_path_factory) -> dict[str, Path]:
     flipped[-5] ^= 0x10
     (w / "flipped.safetensors").write_bytes(bytes(flipped))
     (w / "pickle.safetensors").write_bytes(pickle.dumps(_Exploit()))
-    (w / "v99.safetensors").write_bytes(checkpoint.replace(b'\\"format_version\\": 1',
+    (w / "v99.safetensors").write_bytes(checkpoint.replace(b'\\"format_version\\": 2',
                                                            b'\\"format_version\\": 99', 1))
     paths["broken_run"] = w / "broken-run"
     shutil.copytree(paths["lm"], paths["broken_run"])

@@ -18,6 +18,7 @@ from lstmkit.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from lstmkit.classify.config import ClassifierConfig
 from lstmkit.classify.model import ClassifierShape, SentimentClassifier
 from lstmkit.errors import UserError
+from lstmkit.files import is_dir
 from lstmkit.rundir import BEST_FILE
 from lstmkit.vocab import Vocab
 
@@ -36,7 +37,7 @@ class LoadedClassifier:
 def classifier_file(model_path: str | Path) -> Path:
     """`--model` may name a run directory (its best checkpoint) or a checkpoint file."""
     path = Path(model_path)
-    return path / BEST_FILE if path.is_dir() else path
+    return path / BEST_FILE if is_dir(path, "model path") else path
 
 
 def save_classifier(path: Path, model: SentimentClassifier, config: ClassifierConfig,
