@@ -23,6 +23,7 @@ import signal
 import struct
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +169,37 @@ def _check_depth(value: Any, limit: int, path: Path) -> None:
 def _shown(value: Any) -> str:
     text = repr(value) if not isinstance(value, str) else value
     return text if len(text) <= 100 else text[:97] + "..."
+
+
+def meta_table(meta: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
+    """A part of the metadata that must be a JSON object."""
+    value = meta.get(key)
+    if not isinstance(value, dict):
+        raise UserError(f"{path}: checkpoint metadata is incomplete ({key} is missing or not "
+                        f"a table)")
+    return value
+
+
+def check_weights_fit(build: Callable[[], torch.nn.Module], tensors: dict[str, torch.Tensor],
+                      path: Path, prefix: str = "model.") -> None:
+    """The weights the metadata describes are the ones the file holds, compared on torch's
+    "meta" device (no memory) before the model is built for real: no size in the metadata can
+    ask for more than the file has. `build` makes the model from the metadata."""
+    try:
+        with torch.device("meta"):
+            model = build()
+    except (RuntimeError, ValueError, TypeError, OverflowError) as err:
+        raise UserError(f"{path}: checkpoint metadata describes a model that cannot be built "
+                        f"({_shown(str(err).splitlines()[0] if str(err) else type(err).__name__)})"
+                        ) from None
+    expected = {name: tuple(p.shape) for name, p in model.state_dict().items()}
+    found = {name[len(prefix):]: tuple(t.shape) for name, t in tensors.items()
+             if name.startswith(prefix)}
+    if expected != found:
+        differing = sorted(set(expected) ^ set(found)) or sorted(
+            name for name in expected if expected[name] != found[name])
+        raise UserError(f"{path}: weights do not fit the model the metadata describes "
+                        f"(first difference: {_shown(differing[0])})")
 
 
 def load_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path,

@@ -22,6 +22,8 @@ from lstmkit.reporting import discard_output
 
 EXIT_USER_ERROR = 2
 EXIT_LOST_CONTACT = 1
+_PATH_ERRORS = (errno.ENAMETOOLONG, errno.ELOOP, errno.EACCES, errno.EPERM, errno.ENOENT,
+                errno.ENOTDIR, errno.EISDIR, errno.EROFS)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -61,6 +63,11 @@ def _run(argv: Sequence[str] | None) -> int:
         discard_output(sys.stdout)
         return 0
     except OSError as err:
+        if err.filename is not None and err.errno in _PATH_ERRORS:
+            # A path the user gave that a check missed: still one line, not a traceback.
+            print(f"lstmkit: error: {rank_label()}{err.filename}: {err.strerror}",
+                  file=sys.stderr)
+            return EXIT_USER_ERROR
         if err.errno != errno.ENOSPC:
             raise
         discard_output(sys.stdout)  # stdout on a full disk (files are checked where written)
