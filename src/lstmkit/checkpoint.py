@@ -175,8 +175,7 @@ def meta_table(meta: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
     """A part of the metadata that must be a JSON object."""
     value = meta.get(key)
     if not isinstance(value, dict):
-        raise UserError(f"{path}: checkpoint metadata is incomplete ({key} is missing or not "
-                        f"a table)")
+        raise UserError(f"{path}: {key} is missing or not a table")
     return value
 
 

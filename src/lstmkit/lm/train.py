@@ -40,7 +40,10 @@ from lstmkit.runstart import RunDir, check_run_start, open_run
 
 REPORTS_PER_EPOCH = 10
 ROLLBACK_LR_FACTOR = 0.5  # on_nan rollback: each rollback halves the learning rate
-MAX_ROLLBACKS_IN_A_ROW = 3  # to the same checkpoint; one more fault there stops the run
+MAX_ROLLBACKS_IN_A_ROW = 3
+# A loss per token whose perplexity float32 cannot hold (e^88.7 = 3.4e38) is no model of any
+# vocabulary (uniform guessing costs ln V, about 9 nats for PTB's): the run has diverged.
+MAX_LOSS_PER_TOKEN = math.log(3.4028234663852886e38)  # to the same checkpoint; one more fault there stops the run
 
 
 @dataclass(frozen=True)
@@ -218,10 +221,14 @@ def _train_epoch(model: LanguageModel, optimizer: torch.optim.Optimizer, rows: t
         # The whole batch's cost, the same on every rank: so is the decision to stop on inf.
         # (The gradient norm is of the all-reduced gradients: the same on every rank too.)
         cost_value = (world.summed(nll.detach()) / config.batch_size).item()
-        if not (math.isfinite(cost_value) and math.isfinite(grad_norm)):
+        per_token = cost_value / config.num_steps
+        if not (math.isfinite(cost_value) and math.isfinite(grad_norm)
+                and per_token <= MAX_LOSS_PER_TOKEN):
             bar.close()  # checked before the step, so a NaN never reaches the weights
             what = (f"loss is {cost_value}" if not math.isfinite(cost_value)
-                    else f"gradient norm is {grad_norm}")
+                    else f"gradient norm is {grad_norm}" if not math.isfinite(grad_norm)
+                    else f"loss is {per_token:.4g} nats per token, past a perplexity float32 "
+                         f"can hold")
             raise NonFiniteLoss(what, progress.epoch, progress.step + 1, save.checkpointed())
         optimizer.step()
         progress.costs += cost_value
