@@ -57,15 +57,17 @@ def check_save_path(save_path: str | Path | None) -> Path | None:
 
 
 def check_run_start(save_path: str | Path | None, overwrite: bool, resume: bool,
-                    resumable: bool) -> None:
-    """Refuse a start that could lose or mix files, before anything is written."""
+                    resumable: bool, writer: bool = True) -> None:
+    """Refuse a start that could lose or mix files, before anything is written. Only the
+    `writer` (rank 0 under torchrun) looks at the lock and finishes a killed --overwrite."""
     path = check_save_path(save_path)
     if path is None or not is_dir(path):
         return
-    recover_interrupted(path)
-    holder = lock_holder(path)
-    if holder is not None:
-        raise UserError(busy_message(path, holder))
+    if writer:
+        recover_interrupted(path)
+        holder = lock_holder(path)
+        if holder is not None:
+            raise UserError(busy_message(path, holder))
     if not resume:
         refuse_to_replace(path, overwrite, resumable)
 

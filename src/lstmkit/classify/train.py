@@ -64,7 +64,7 @@ def train_classifier(config: ClassifierConfig, splits: Splits, save_path: str | 
     world = launched_world()
     world.check_divides(config.batch_size)
     console = rank_console(console, world)
-    check_run_start(save_path, overwrite, resume=False, resumable=False)
+    check_run_start(save_path, overwrite, resume=False, resumable=False, writer=world.is_main)
     with joined(world, resolve_device(config.device)) as world:
         return _train(config, splits, save_path, vectors_path, split_meta, console, world,
                       overwrite)

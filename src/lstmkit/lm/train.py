@@ -23,7 +23,12 @@ from lstmkit.lm.batching import batch_rows, bptt_windows, epoch_size
 from lstmkit.lm.config import LMConfig
 from lstmkit.lm.data import TokenSplits
 from lstmkit.lm.evaluate import perplexity, stream_perplexity
-from lstmkit.lm.model import LanguageModel, LMShape, build_language_model, parameter_count
+from lstmkit.lm.model import (
+    LanguageModel,
+    LMShape,
+    build_language_model,
+    parameter_count,
+)
 from lstmkit.lm.runs import (
     LoadedLM,
     Progress,
@@ -40,10 +45,10 @@ from lstmkit.runstart import RunDir, check_run_start, open_run
 
 REPORTS_PER_EPOCH = 10
 ROLLBACK_LR_FACTOR = 0.5  # on_nan rollback: each rollback halves the learning rate
-MAX_ROLLBACKS_IN_A_ROW = 3
+MAX_ROLLBACKS_IN_A_ROW = 3  # to the same checkpoint; one more fault there stops the run
 # A loss per token whose perplexity float32 cannot hold (e^88.7 = 3.4e38) is no model of any
 # vocabulary (uniform guessing costs ln V, about 9 nats for PTB's): the run has diverged.
-MAX_LOSS_PER_TOKEN = math.log(3.4028234663852886e38)  # to the same checkpoint; one more fault there stops the run
+MAX_LOSS_PER_TOKEN = math.log(3.4028234663852886e38)
 
 
 @dataclass(frozen=True)
@@ -85,7 +90,8 @@ def train_language_model(config: LMConfig, data: TokenSplits, save_path: str | P
     console = rank_console(console, world)
     device = resolve_device(config.device)
     check_precision(config.precision, device)
-    check_run_start(save_path, overwrite, resume=resumed is not None, resumable=True)
+    check_run_start(save_path, overwrite, resume=resumed is not None, resumable=True,
+                    writer=world.is_main)
     with joined(world, device) as world:
         return _train_run(config, data, save_path, resumed, console, world, overwrite)
 
