@@ -225,3 +225,8 @@ def test_a_checkpoint_round_trips(checkpoint, tmp_path):
     path = tmp_path / "model.safetensors"
     path.write_bytes(checkpoint)
     assert load_checkpoint(path)[1]["format_version"] == 2
+
+
+def test_a_config_key_with_a_line_break_stays_one_line(checkpoint, tmp_path):
+    """Found by the long fuzz run: a key from the file was echoed with its line break."""
+    _load_bytes(tmp_path, mutate_metadata(checkpoint, ["config"], {"\n": None}))

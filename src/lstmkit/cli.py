@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 from lstmkit.classify.cli import add_classify_command
 from lstmkit.distributed import lost_contact, rank_label
-from lstmkit.errors import LstmkitWarning, UserError
+from lstmkit.errors import LstmkitWarning, UserError, one_line
 from lstmkit.lm import api
 from lstmkit.reporting import discard_output
 
@@ -45,7 +45,7 @@ def _run(argv: Sequence[str] | None) -> int:
         args = build_parser().parse_args(argv)
         return args.handler(args) or 0
     except UserError as err:
-        print(f"lstmkit: error: {rank_label()}{err}", file=sys.stderr)
+        print(f"lstmkit: error: {rank_label()}{one_line(str(err), 2000)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except RuntimeError as err:
         lost = lost_contact(err)

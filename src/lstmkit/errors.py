@@ -16,6 +16,13 @@ class UserError(Exception):
     """A user mistake, reported as one readable line (exit status 2 from the CLI)."""
 
 
+def one_line(text: str, limit: int = 300) -> str:
+    """`text` as one line (line breaks escaped, as a name taken from a file may hold them),
+    cut to `limit` characters."""
+    text = text.replace("\r", "\\r").replace("\n", "\\n")
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 class LstmkitWarning(RuntimeWarning):
     """Something works but not as well as it could (a slow precision, a missing kernel); the
     CLI prints it as one line on stderr and goes on."""

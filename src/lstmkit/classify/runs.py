@@ -23,7 +23,7 @@ from lstmkit.checkpoint import (
 )
 from lstmkit.classify.config import ClassifierConfig
 from lstmkit.classify.model import ClassifierShape, SentimentClassifier
-from lstmkit.errors import UserError
+from lstmkit.errors import UserError, one_line
 from lstmkit.fields import check_type, check_types
 from lstmkit.files import is_dir
 from lstmkit.rundir import BEST_FILE, recover_interrupted
@@ -78,7 +78,7 @@ def load_classifier(model_path: str | Path, device: torch.device | str = "cpu"
                 check_type(name, meta["split"][name], annotation)
     except (KeyError, TypeError, UserError) as err:
         raise UserError(f"{path}: checkpoint metadata is incomplete or invalid "
-                        f"({str(err).removeprefix(f'{path}: ')})") from None
+                        f"({one_line(str(err).removeprefix(f'{path}: '))})") from None
     if shape.vocab_size != len(vocab) or shape != ClassifierShape.of(config, len(vocab)):
         raise UserError(f"{path}: checkpoint metadata disagrees with itself (the shape is not "
                         f"that of its config and {len(vocab)}-token vocabulary)")

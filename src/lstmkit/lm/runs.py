@@ -22,7 +22,7 @@ from lstmkit.checkpoint import (
     meta_table,
     save_checkpoint,
 )
-from lstmkit.errors import UserError
+from lstmkit.errors import UserError, one_line
 from lstmkit.fields import check_type
 from lstmkit.lm.config import LMConfig
 from lstmkit.lm.data import LEVELS
@@ -154,7 +154,7 @@ def _described_model(meta: dict[str, Any], path: Path
             check_type(name, getattr(shape, name), "int")
     except (TypeError, UserError) as err:
         raise UserError(f"{path}: checkpoint metadata is incomplete or invalid "
-                        f"({str(err).removeprefix(f'{path}: ')})") from None
+                        f"({one_line(str(err).removeprefix(f'{path}: '))})") from None
     described = (config.hidden_size, config.num_layers, config.cell, len(vocab))
     if (shape.hidden_size, shape.num_layers, shape.cell, shape.vocab_size) != described:
         raise UserError(f"{path}: checkpoint metadata disagrees with itself (the shape "
