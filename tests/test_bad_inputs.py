@@ -8,21 +8,27 @@ processes to show that no traceback escapes.
 
 from __future__ import annotations
 
+import copy
 import errno
+import fcntl
 import hashlib
 import io
+import json
 import os
 import pickle
 import shutil
+import struct
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import torch
 
 from classify_corpus import write_per_class
 from conftest import write_ptb_layout
+from lstmkit.checkpoint import load_checkpoint, save_checkpoint
 from lstmkit.cli import main
 
 LM = ["--preset", "test", "--hidden-size", "8", "--batch-size", "4", "--num-steps", "5"]
@@ -38,6 +44,7 @@ class Bad:
     fault: str = ""  # a simulated machine fault: see `simulate`
     stdin: bytes | None = None
     tags: tuple[str, ...] = field(default=())
+    env: dict[str, str] = field(default_factory=dict)  # `{name}`s allowed in values too
 
 
 CASES = {
@@ -257,6 +264,189 @@ CASES = {
 }
 
 
+LONG = "x" * 300  # one path component past the 255 bytes a file name may have
+LR_OVERFLOW = "--learning-rate 1e30 --max-grad-norm 1e30"
+
+# Round 4: each class of the "never lose a run" report, several examples each.
+ROUND_4 = {
+    # 1. --overwrite keeps the old run until the new one has a checkpoint
+    "overwrite, then diverge at step 1": Bad(
+        f"train --data-dir {{ptb}} --save-path {{lm_copy}} --overwrite {LR_OVERFLOW} "
+        + " ".join(LM), "training diverged"),
+    "overwrite, then diverge on weights": Bad(
+        "train --data-dir {ptb} --save-path {lm_copy} --overwrite --init-scale 1e38 "
+        + " ".join(LM), "training diverged"),
+    "overwrite a char run, then diverge": Bad(
+        f"train --data-file {{w}}/play.txt --level char --save-path {{char_copy}} --overwrite "
+        f"{LR_OVERFLOW} " + " ".join(LM), "training diverged"),
+    "classify: overwrite, then the disk fills": Bad(
+        "classify train --data {mr} --save-path {clf_copy} --overwrite " + " ".join(CLASSIFIER),
+        "{clf_copy}/metrics.jsonl: cannot write (No space left on device)", fault="metrics"),
+    "overwrite, then the disk fills": Bad(
+        "train --data-dir {ptb} --save-path {lm_copy} --overwrite " + " ".join(LM),
+        "{lm_copy}/metrics.jsonl: cannot write (No space left on device)", fault="metrics"),
+    # 2. one writer per run
+    "a second writer, fresh": Bad("train --data-dir {ptb} --save-path {locked} --overwrite "
+                                  + " ".join(LM), "{locked}: another lstmkit process (PID ",
+                                  fault="locked"),
+    "a second writer, resuming": Bad("train --resume --data-dir {ptb} --save-path {locked}",
+                                     "{locked}: another lstmkit process (PID ", fault="locked"),
+    "classify: a second writer": Bad(
+        "classify train --data {mr} --save-path {locked} --overwrite " + " ".join(CLASSIFIER),
+        "{locked}: another lstmkit process (PID ", fault="locked"),
+    # 3. only our files
+    "an empty save path": Bad("train --data-dir {ptb} --save-path <empty> " + " ".join(LM),
+                              "--save-path is empty"),
+    "classify: an empty save path": Bad(
+        "classify train --data {mr} --save-path <empty> " + " ".join(CLASSIFIER),
+        "--save-path is empty"),
+    "a blank save path": Bad("train --data-dir {ptb} --save-path <blank> " + " ".join(LM),
+                             "--save-path is empty"),
+    "a fresh run over a user's curve.png": Bad(
+        "train --data-dir {ptb} --save-path {user_curve} " + " ".join(LM),
+        "{user_curve}: already holds a run (curve.png)"),
+    "a fresh run among a user's files": Bad(
+        "train --data-dir {ptb} --save-path {user_files} " + " ".join(LM),
+        "{user_files}: holds files that are not an lstmkit run's (notes.txt)"),
+    "classify: a fresh run among a user's files": Bad(
+        "classify train --data {mr} --save-path {user_files} " + " ".join(CLASSIFIER),
+        "{user_files}: holds files that are not an lstmkit run's (notes.txt)"),
+    "a fresh run in the test world": Bad(
+        "train --data-dir {ptb} --save-path {w} " + " ".join(LM),
+        "{w}: holds files that are not an lstmkit run's"),
+    # 4. the checksum covers the whole file
+    **{f"a changed byte in the {part}": Bad(f"sample --model {{w}}/changed-{part}.safetensors",
+                                            f"{{w}}/changed-{part}.safetensors: {says}")
+       for part, says in (("vocabulary", "corrupted checkpoint (header fails its checksum)"),
+                          ("config", "corrupted checkpoint (header fails its checksum)"),
+                          ("padding", "corrupted checkpoint (header fails its checksum)"),
+                          ("file-hash", "corrupted checkpoint (header fails its checksum)"),
+                          ("payload-hash", "corrupted checkpoint (tensor data fails"),
+                          ("tensor-entry", "corrupted checkpoint"),
+                          ("length", "not a safetensors checkpoint"))},
+    "evaluate a changed vocabulary word": Bad(
+        "evaluate --model {w}/changed-vocabulary.safetensors --data-dir {ptb}",
+        "header fails its checksum"),
+    # 5. a path component over 255 bytes, everywhere a path is taken
+    "long --data-file": Bad(f"train --data-file {{w}}/{LONG}", f"{{w}}/{LONG}: "),
+    "long --train-file": Bad(f"train --train-file {{w}}/{LONG} --valid-file {{w}}/play.txt "
+                             f"--test-file {{w}}/play.txt", f"{{w}}/{LONG}: "),
+    "long --save-path": Bad(f"train --data-dir {{ptb}} --save-path {{w}}/{LONG} " + " ".join(LM),
+                            f"{{w}}/{LONG}: "),
+    "long --model": Bad(f"sample --model {{w}}/{LONG}", f"{{w}}/{LONG}: "),
+    "long evaluate --model": Bad(f"evaluate --model {{w}}/{LONG} --data-dir {{ptb}}",
+                                 f"{{w}}/{LONG}: "),
+    "long score FILE": Bad(f"score --model {{lm}} {{w}}/{LONG}", f"{{w}}/{LONG}: "),
+    "long --data-dir": Bad(f"train --data-dir {{w}}/{LONG}", f"{{w}}/{LONG}: "),
+    "long LSTMKIT_DATA": Bad("train " + " ".join(LM), f"{{w}}/{LONG}: ",
+                             env={"LSTMKIT_DATA": f"{{w}}/{LONG}"}),
+    "long classify --data": Bad(f"classify train --data {{w}}/{LONG}", f"{{w}}/{LONG}: "),
+    "long predict FILE": Bad(f"classify predict --model {{clf}} {{w}}/{LONG}", f"{{w}}/{LONG}: "),
+    "long classify --model": Bad(f"classify predict --model {{w}}/{LONG} {{w}}/play.txt",
+                                 f"{{w}}/{LONG}: "),
+    "long download --dest": Bad(f"download ptb --dest {{w}}/{LONG}", f"{{w}}/{LONG}"),
+    "long --config": Bad(f"train --data-dir {{ptb}} --config {{w}}/{LONG}.toml",
+                         f"{{w}}/{LONG}.toml: "),
+    "long --vectors": Bad(f"classify train --data {{mr}} --vectors {{w}}/{LONG} "
+                          + " ".join(CLASSIFIER), f"{{w}}/{LONG}: "),
+    # 6. special files: never block, never read without end
+    "a FIFO as --data-file": Bad("train --data-file {w}/fifo", "{w}/fifo: is a FIFO"),
+    "a FIFO as --model": Bad("sample --model {w}/fifo", "{w}/fifo: is a FIFO"),
+    "a FIFO as --config": Bad("train --data-dir {ptb} --config {w}/fifo.toml",
+                              "{w}/fifo.toml: is a FIFO"),
+    "a FIFO to score": Bad("score --model {lm} {w}/fifo", "{w}/fifo: is a FIFO"),
+    "a FIFO to predict": Bad("classify predict --model {clf} {w}/fifo", "{w}/fifo: is a FIFO"),
+    "a FIFO as classify table": Bad("classify train --data {w}/fifo.tsv",
+                                    "{w}/fifo.tsv: is a FIFO"),
+    "a FIFO as --vectors": Bad("classify train --data {mr} --vectors {w}/fifo "
+                               + " ".join(CLASSIFIER), "{w}/fifo: word-vector file not found"),
+    "/dev/zero as --data-file": Bad("train --data-file /dev/zero",
+                                    "/dev/zero: is a character device"),
+    "/dev/zero as --model": Bad("sample --model /dev/zero", "/dev/zero: is a character device"),
+    "/dev/zero to score": Bad("score --model {lm} /dev/zero", "/dev/zero: is a character device"),
+    "/dev/zero as a PTB split": Bad("train --train-file /dev/zero --valid-file {w}/play.txt "
+                                    "--test-file {w}/play.txt",
+                                    "/dev/zero: is a character device"),
+    # 7. numbers at the edges
+    "a learning rate that overflows the loss": Bad(
+        f"train --data-dir {{ptb}} {LR_OVERFLOW} " + " ".join(LM), "training diverged"),
+    "a hundred million layers": Bad(
+        "train --data-dir {ptb} --save-path {w}/huge-run " + " ".join(LM)
+        + " --num-layers 100000000", "cannot build the language model from these sizes: it "
+        "needs "),
+    "a million layers of 100": Bad(
+        "train --data-dir {ptb} " + " ".join(LM) + " --num-layers 1000000 --hidden-size 1000",
+        "cannot build the language model from these sizes: it needs "),
+    "layers past 64 bits": Bad(
+        "train --data-dir {ptb} " + " ".join(LM) + " --num-layers 99999999999999999999",
+        "cannot build the language model from these sizes: a size does not fit in 64 bits"),
+    "a batch past the data": Bad("train --data-dir {ptb} " + " ".join(LM[:2])
+                                 + " --batch-size 100000000000000000000",
+                                 "training data (320 tokens) is too short"),
+    "a seed of 5000 digits": Bad("train --data-dir {ptb} --seed " + "9" * 5000,
+                                 "config field seed must be"),
+    # 9. crafted checkpoints (checksums recomputed: the checks behind them must hold)
+    **{f"crafted: {name}": Bad(f"{command} --model {{w}}/crafted-{slug}.safetensors"
+                               + {"evaluate": " --data-dir {ptb}",
+                                  "classify predict": " {w}/play.txt"}.get(command, ""),
+                               f"{{w}}/crafted-{slug}.safetensors: {says}")
+       for name, slug, command, says in (
+           ("string data_offsets", "offsets-str", "sample", "corrupted checkpoint"),
+           ("reversed data_offsets", "offsets-reversed", "sample", "corrupted checkpoint"),
+           ("three data_offsets", "offsets-three", "evaluate", "corrupted checkpoint"),
+           ("data_offsets past the end", "offsets-past", "sample", "truncated checkpoint"),
+           ("metadata a list", "metadata-list", "sample",
+            "not a safetensors checkpoint (metadata is not a table of strings)"),
+           ("lstmkit value a number", "lstmkit-number", "sample",
+            "not a safetensors checkpoint (metadata is not a table of strings)"),
+           ("document a list", "document-list", "sample", "not an lstmkit checkpoint"),
+           ("very deep JSON", "deep", "sample", "corrupted checkpoint (metadata nest"),
+           ("config a list", "config-list", "sample",
+            "checkpoint metadata is incomplete or invalid (config is missing or not a table)"),
+           ("vocabulary shorter than the embedding", "short-vocab", "sample",
+            "checkpoint metadata disagrees with itself"),
+           ("vocabulary of numbers", "vocab-numbers", "evaluate",
+            "checkpoint metadata is incomplete or invalid (vocabulary is not a list of tokens)"),
+           ("string hidden size", "hidden-str", "sample",
+            "checkpoint metadata is incomplete or invalid (config field hidden_size must be int"),
+           ("absurd hidden size", "hidden-huge", "sample",
+            "checkpoint metadata disagrees with itself"),
+           ("absurd sizes everywhere", "sizes-huge", "sample", "weights do not fit"),
+           ("a hundred million layers", "layers-huge", "sample",
+            "checkpoint metadata describes 100000000 layers"),
+           ("unknown level", "level", "sample", "checkpoint metadata names an unknown level"),
+           ("kind a table", "kind", "sample", "holds a {{'a': 1}}, not a language model"),
+           ("classifier shape a string", "clf-shape", "classify predict",
+            "checkpoint metadata is incomplete or invalid (shape is missing or not a table)"),
+       )},
+    "crafted: progress of the wrong type": Bad(
+        "train --resume --save-path {crafted_progress} --data-dir {ptb}",
+        "has no usable training position"),
+    "crafted: optimizer state of the wrong type": Bad(
+        "train --resume --save-path {crafted_optimizer} --data-dir {ptb}",
+        "unusable optimizer state"),
+    "crafted: carried state of the wrong shape": Bad(
+        "train --resume --save-path {crafted_carried} --data-dir {ptb}",
+        "unusable carried state"),
+    # 10. crafted config files
+    "config: deep JSON": Bad("train --data-dir {ptb} --config {w}/deep.json",
+                             "{w}/deep.json: invalid config file (nested too deeply)"),
+    "config: deep TOML": Bad("train --data-dir {ptb} --config {w}/deep.toml",
+                             "{w}/deep.toml: invalid config file (nested too deeply)"),
+    "config: nested lists": Bad("train --data-dir {ptb} --config {w}/lists.json",
+                                "{w}/lists.json: config file nests values more than 8 deep"),
+    "config: nested TOML arrays": Bad("train --data-dir {ptb} --config {w}/lists.toml",
+                                      "{w}/lists.toml: config file nests values more than"),
+    "config: a 5000-digit integer": Bad("train --data-dir {ptb} --config {w}/digits.json",
+                                        "{w}/digits.json: invalid JSON"),
+    "config: over a megabyte": Bad("train --data-dir {ptb} --config {w}/big.toml",
+                                   "over the limit of 1,048,576 for a config file"),
+    "config: a 5000-digit TOML integer": Bad("train --data-dir {ptb} --config {w}/digits.toml",
+                                             "{w}/digits.toml: invalid TOML"),
+}
+CASES.update(ROUND_4)
+
+
 class _Exploit:
     def __reduce__(self):
         return (os.system, ("touch PWNED",))
@@ -317,12 +507,137 @@ def world(tmp_path_factory) -> dict[str, Path]:
     flipped[-5] ^= 0x10
     (w / "flipped.safetensors").write_bytes(bytes(flipped))
     (w / "pickle.safetensors").write_bytes(pickle.dumps(_Exploit()))
-    (w / "v99.safetensors").write_bytes(checkpoint.replace(b'\\"format_version\\": 1',
+    (w / "v99.safetensors").write_bytes(checkpoint.replace(b'\\"format_version\\": 2',
                                                            b'\\"format_version\\": 99', 1))
     paths["broken_run"] = w / "broken-run"
     shutil.copytree(paths["lm"], paths["broken_run"])
     (paths["broken_run"] / "model.safetensors").write_bytes(checkpoint[:-100])
+    _round_4_world(w, paths, checkpoint)
     return paths
+
+
+def _round_4_world(w: Path, paths: dict[str, Path], checkpoint: bytes) -> None:
+    for name, source in (("lm_copy", "lm"), ("char_copy", "char_lm"), ("clf_copy", "clf"),
+                         ("locked", "lm")):
+        paths[name] = w / name.replace("_", "-")
+        shutil.copytree(paths[source], paths[name])
+    paths["user_curve"], paths["user_files"] = w / "user-curve", w / "user-files"
+    paths["user_curve"].mkdir()
+    (paths["user_curve"] / "curve.png").write_bytes(b"the user's own plot")
+    paths["user_files"].mkdir()
+    (paths["user_files"] / "notes.txt").write_text("mine\n")
+    for name in ("fifo", "fifo.toml", "fifo.tsv"):
+        os.mkfifo(w / name)
+    (w / "deep.json").write_text('{"hidden_size": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    (w / "deep.toml").write_text("hidden_size = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    (w / "lists.json").write_text('{"hidden_size": ' + "[" * 20 + "]" * 20 + "}")
+    (w / "lists.toml").write_text("hidden_size = " + "[" * 20 + "]" * 20 + "\n")
+    (w / "digits.json").write_text('{"seed": ' + "9" * 5000 + "}")
+    (w / "digits.toml").write_text("seed = " + "9" * 5000 + "\n")
+    (w / "big.toml").write_text("# padding\n" * 200_000)
+    for part, data in changed_checkpoints(checkpoint).items():
+        (w / f"changed-{part}.safetensors").write_bytes(data)
+    tensors, meta = load_checkpoint(paths["lm"] / "model.safetensors")
+    for slug, data in crafted_headers(checkpoint).items():
+        (w / f"crafted-{slug}.safetensors").write_bytes(data)
+    for slug, change in crafted_metadata().items():
+        save_checkpoint(w / f"crafted-{slug}.safetensors", tensors, change(copy.deepcopy(meta)))
+    clf_tensors, clf_meta = load_checkpoint(paths["clf"] / "best.safetensors")
+    clf_meta["shape"] = "big"
+    save_checkpoint(w / "crafted-clf-shape.safetensors", clf_tensors, clf_meta)
+    for name, change in (("progress", lambda m: {**m, "progress": {**m["progress"],
+                                                                    "epoch": "one"}}),
+                         ("optimizer", lambda m: {**m, "optimizer": {"state": [1, 2],
+                                                                     "param_groups": 3}})):
+        paths[f"crafted_{name}"] = w / f"crafted-{name}-run"
+        shutil.copytree(paths["lm"], paths[f"crafted_{name}"])
+        save_checkpoint(paths[f"crafted_{name}"] / "model.safetensors", tensors,
+                        change(copy.deepcopy(meta)))
+    paths["crafted_carried"] = w / "crafted-carried-run"
+    shutil.copytree(paths["lm"], paths["crafted_carried"])
+    save_checkpoint(paths["crafted_carried"] / "model.safetensors",
+                    {**tensors, "carried.0": torch.zeros(3), "carried.1": torch.zeros(3)}, meta)
+
+
+def changed_checkpoints(checkpoint: bytes) -> dict[str, bytes]:
+    """One byte changed in each part of a checkpoint (the file left otherwise as it was)."""
+    (size,) = struct.unpack("<Q", checkpoint[:8])
+    header = checkpoint[8:8 + size]
+    places = {"vocabulary": header.index(b"\\\"cat\\\"") + 3,
+              "config": header.index(b"hidden_size") + 2,
+              "padding": len(header) - 1,
+              "file-hash": header.index(b'"file_sha256":"') + 20,
+              "payload-hash": header.index(b'"payload_sha256":"') + 20,
+              "tensor-entry": header.index(b'"dtype":"F32"') + 10}
+    changed = {}
+    for part, offset in places.items():
+        data = bytearray(checkpoint)
+        data[8 + offset] = ord("\t") if part == "padding" else data[8 + offset] ^ 0x01
+        changed[part] = bytes(data)
+    length = bytearray(checkpoint)
+    length[0] ^= 0x01
+    changed["length"] = bytes(length)
+    assert checkpoint[8 + places["padding"]] == ord(" ")  # safetensors pads with spaces
+    return changed
+
+
+def rehashed(header: dict, payload: bytes) -> bytes:
+    """A checkpoint made of `header` and `payload`, with both checksums correct for them."""
+    header = copy.deepcopy(header)
+    metadata = header.get("__metadata__")
+    if isinstance(metadata, dict):
+        metadata["payload_sha256"] = hashlib.sha256(payload).hexdigest()
+        metadata["file_sha256"] = "0" * 64
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    data = struct.pack("<Q", len(raw)) + raw + payload
+    if isinstance(metadata, dict):
+        digest = hashlib.sha256(data).hexdigest().encode()
+        data = data.replace(b'"file_sha256":"' + b"0" * 64, b'"file_sha256":"' + digest, 1)
+    return data
+
+
+def crafted_headers(checkpoint: bytes) -> dict[str, bytes]:
+    (size,) = struct.unpack("<Q", checkpoint[:8])
+    header, payload = json.loads(checkpoint[8:8 + size]), checkpoint[8 + size:]
+    first = next(name for name in header if name != "__metadata__")
+
+    def with_entry(**change) -> dict:
+        return {**header, first: {**header[first], **change}}
+
+    document = json.loads(header["__metadata__"]["lstmkit"])
+    deep = {**document, "extra": json.loads("[" * 200 + "]" * 200)}
+    return {name: rehashed(h, payload) for name, h in {
+        "offsets-str": with_entry(data_offsets=["0", "8"]),
+        "offsets-reversed": with_entry(data_offsets=[8, 0]),
+        "offsets-three": with_entry(data_offsets=[0, 8, 16]),
+        "offsets-past": with_entry(data_offsets=[0, len(payload) + 8]),
+        "metadata-list": {**header, "__metadata__": [1, 2]},
+        "lstmkit-number": {**header, "__metadata__": {**header["__metadata__"], "lstmkit": 3}},
+        "document-list": {**header, "__metadata__": {**header["__metadata__"],
+                                                     "lstmkit": "[1, 2]"}},
+        "deep": {**header, "__metadata__": {**header["__metadata__"],
+                                            "lstmkit": json.dumps(deep)}},
+    }.items()}
+
+
+def crafted_metadata() -> dict:
+    """Metadata changes, saved with correct checksums by lstmkit itself."""
+    def shape(**change):
+        return lambda m: {**m, "shape": {**m["shape"], **change}}
+
+    return {
+        "config-list": lambda m: {**m, "config": [1, 2]},
+        "short-vocab": lambda m: {**m, "vocab": {**m["vocab"], "tokens": m["vocab"]["tokens"][:3]}},
+        "vocab-numbers": lambda m: {**m, "vocab": {"tokens": [1, 2, 3], "unk": None}},
+        "hidden-str": shape(hidden_size="8"),
+        "hidden-huge": shape(hidden_size=10**12),
+        "sizes-huge": lambda m: {**m, "shape": {**m["shape"], "hidden_size": 10**6},
+                                 "config": {**m["config"], "hidden_size": 10**6}},
+        "layers-huge": lambda m: {**m, "shape": {**m["shape"], "num_layers": 10**8},
+                                  "config": {**m["config"], "num_layers": 10**8}},
+        "level": lambda m: {**m, "level": "byte"},
+        "kind": lambda m: {**m, "kind": {"a": 1}},
+    }
 
 
 def _ptb_copy(directory: Path, source: Path) -> Path:
@@ -330,11 +645,19 @@ def _ptb_copy(directory: Path, source: Path) -> Path:
     return directory
 
 
-def simulate(fault: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A disk that fills up: on the checkpoint's fsync, or on opening the metrics log."""
+def simulate(fault: str, monkeypatch: pytest.MonkeyPatch, world: dict[str, Path]
+             ) -> io.TextIOBase | None:
+    """A disk that fills up: on the checkpoint's fsync, or on opening the metrics log; or a
+    run that another process is writing (its lock held, as a live `train` holds it)."""
     def no_space(*args, **kwargs):
         raise NO_SPACE
 
+    if fault == "locked":
+        holder = open(world["locked"] / ".lstmkit.lock", "a+")
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        holder.write(f"{os.getpid()}\n")
+        holder.flush()
+        return holder  # the caller lets go (and removes the file) when the case is done
     if fault == "checkpoint":
         monkeypatch.setattr("lstmkit.checkpoint.os.fsync", no_space)
     elif fault == "metrics":
@@ -343,12 +666,13 @@ def simulate(fault: str, monkeypatch: pytest.MonkeyPatch) -> None:
                 return open(path, mode, *args, **kwargs)
             raise NO_SPACE
         monkeypatch.setattr("lstmkit.reporting.open", no_space_to_write, raising=False)
+    return None
 
 
 def snapshot(root: Path) -> dict[str, str]:
-    """Every path under `root`, with the SHA-256 of each file's bytes."""
+    """Every path under `root`, with the SHA-256 of each regular file's bytes."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            if p.is_file() else "dir" for p in sorted(root.rglob("*"))}
+            if p.is_file() else "other" for p in sorted(root.rglob("*"))}
 
 
 @pytest.mark.usefixtures("one_torch_thread")
@@ -356,12 +680,23 @@ def snapshot(root: Path) -> dict[str, str]:
 def test_bad_input_is_one_line_exit_2_and_loses_nothing(name, world, capsys, monkeypatch):
     case = CASES[name]
     monkeypatch.chdir(world["w"])  # where a planted pickle would drop its PWNED file
-    if case.fault:
-        simulate(case.fault, monkeypatch)
+    held = simulate(case.fault, monkeypatch, world) if case.fault else None
+    try:
+        _run_case(name, case, world, capsys, monkeypatch)
+    finally:
+        if held is not None:
+            held.close()
+            (world["locked"] / ".lstmkit.lock").unlink()
+
+
+def _run_case(name: str, case: Bad, world: dict[str, Path], capsys, monkeypatch) -> None:
     if case.stdin is not None:
         monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(case.stdin)))
+    for variable, value in case.env.items():
+        monkeypatch.setenv(variable, value.format(**world))
     before = snapshot(world["w"])
-    code = main(case.args.format(**world).split())
+    argv = [{"<empty>": "", "<blank>": "  "}.get(a, a) for a in case.args.format(**world).split()]
+    code = main(argv)
     out, err = capsys.readouterr()
     assert code == 2, (name, out, err)
     assert err == f"lstmkit: error: {err.removeprefix('lstmkit: error: ')}", err

@@ -19,7 +19,7 @@ def saved(tmp_path):
 def test_round_trip_keeps_tensors_and_metadata(tmp_path):
     tensors, meta = load_checkpoint(saved(tmp_path))
     assert torch.equal(tensors["w"], torch.arange(12.0).view(3, 4))
-    assert meta["kind"] == "demo" and meta["epoch"] == 3 and meta["format_version"] == 1
+    assert meta["kind"] == "demo" and meta["epoch"] == 3 and meta["format_version"] == 2
 
 
 def test_write_leaves_no_temporary_files(tmp_path):

@@ -1,9 +1,15 @@
 """Checkpoints: safetensors tensors + JSON metadata in one file, written atomically.
 
 A checkpoint is a single `.safetensors` file. Its header's metadata holds one JSON document
-(config, vocabulary, position in training, ...) and a SHA-256 of the tensor payload, so a
-truncated or corrupted file is refused with a reason instead of loading garbage. Nothing is
-unpickled: safetensors holds raw tensor bytes, JSON holds everything else.
+(config, vocabulary, position in training, ...), a SHA-256 of the tensor payload and a SHA-256
+of the whole file (computed with its own value as zeros), so a change of any byte, in the
+tensors or in the header, is refused with a reason instead of loading garbage. Every part of
+the header is bounded and type-checked before use. Nothing is unpickled: safetensors holds raw
+tensor bytes, JSON holds everything else.
+
+Format version 1 (lstmkit before the whole-file checksum) covered only the tensor payload: such
+files still load, with a warning that their header is unverified, and a resumed run rewrites
+its latest checkpoint in version 2.
 One file means one `os.replace`, so a reader never sees a half-written checkpoint.
 """
 
@@ -16,6 +22,8 @@ import os
 import signal
 import struct
 import tempfile
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +31,18 @@ import torch
 from safetensors.torch import load as load_tensors_from_bytes
 from safetensors.torch import save as save_tensors_to_bytes
 
-from lstmkit.errors import UserError
+from lstmkit.errors import LstmkitWarning, UserError
+from lstmkit.files import MAX_CHECKPOINT_BYTES, read_regular_file
 
 FORMAT = "lstmkit-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+LEGACY_VERSION = 1  # payload-only checksum
 _META_KEY = "lstmkit"
 _HASH_KEY = "payload_sha256"
+_FILE_HASH_KEY = "file_sha256"
+_FILE_HASH_PLACEHOLDER = "0" * 64
+MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit
+MAX_META_DEPTH = 32  # the deepest real document (optimizer param groups) nests 4
 _TMP_SUFFIX = ".tmp"
 
 # Test hook (tests/test_crash_resume.py): with LSTMKIT_TEST_KILL_IN_SAVE=N, the Nth atomic write
@@ -47,41 +61,144 @@ def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: di
     # The payload does not depend on the header, so hash it once and write it with the hash.
     payload = _payload(save_tensors_to_bytes(tensors, metadata=header_meta))
     header_meta[_HASH_KEY] = hashlib.sha256(payload).hexdigest()
-    write_atomic(Path(path), save_tensors_to_bytes(tensors, metadata=header_meta))
+    header_meta[_FILE_HASH_KEY] = _FILE_HASH_PLACEHOLDER
+    data = save_tensors_to_bytes(tensors, metadata=header_meta)
+    write_atomic(Path(path), _with_file_hash(data))
+
+
+def _with_file_hash(data: bytes) -> bytes:
+    """`data` with the placeholder replaced by the SHA-256 of `data` as it is (same length, so
+    no offset moves)."""
+    start, end = _file_hash_span(data)
+    digest = hashlib.sha256(data).hexdigest().encode()
+    return data[:start] + digest + data[end:]
+
+
+def _file_hash_span(data: bytes) -> tuple[int, int] | None:
+    """Where the whole-file hash's 64 hex digits sit in the header; None if not exactly once.
+
+    Inside the JSON-escaped metadata document every quote is escaped, so the unescaped key
+    can only be the header's own."""
+    (size,) = struct.unpack("<Q", data[:8])
+    marker = f'"{_FILE_HASH_KEY}":"'.encode()
+    header = data[8:8 + size]
+    if header.count(marker) != 1:
+        return None
+    start = 8 + header.index(marker) + len(marker)
+    return start, start + 64
+
+
+def _whole_file_hash(data: bytes, span: tuple[int, int]) -> str:
+    start, end = span
+    return hashlib.sha256(data[:start] + _FILE_HASH_PLACEHOLDER.encode() + data[end:]).hexdigest()
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a checkpoint onto the CPU; any defect raises UserError naming the file and reason."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"{path}: checkpoint not found") from None
-    except IsADirectoryError:
-        raise UserError(f"{path}: is a directory, expected a checkpoint file") from None
-    except OSError as err:
-        raise UserError(f"{path}: cannot read checkpoint ({err.strerror})") from None
+    data = read_regular_file(path, "checkpoint", MAX_CHECKPOINT_BYTES)
     header = _header(data, path)
-    metadata = header.get("__metadata__") or {}
+    metadata = _string_table(header.get("__metadata__"), path)
     if _META_KEY not in metadata:
         raise UserError(f"{path}: not an lstmkit checkpoint (no lstmkit metadata)")
-    try:
-        meta = json.loads(metadata[_META_KEY])
-    except json.JSONDecodeError:
-        raise UserError(f"{path}: corrupted checkpoint (metadata is not valid JSON)") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise UserError(f"{path}: not an lstmkit checkpoint")
+    meta = _meta_document(metadata[_META_KEY], path)
     version = meta.get("format_version")
-    if version != FORMAT_VERSION:
-        raise UserError(f"{path}: checkpoint format version {version!r} is not supported "
-                        f"(this lstmkit reads version {FORMAT_VERSION})")
-    if hashlib.sha256(_payload(data)).hexdigest() != metadata.get(_HASH_KEY):
-        raise UserError(f"{path}: corrupted checkpoint (tensor data fails its checksum)")
+    if version not in (FORMAT_VERSION, LEGACY_VERSION) or isinstance(version, bool):
+        raise UserError(f"{path}: checkpoint format version {_shown(version)} is not supported "
+                        f"(this lstmkit reads versions {LEGACY_VERSION} and {FORMAT_VERSION})")
+    _verify(data, metadata, version, path)
     try:
         tensors = load_tensors_from_bytes(data)
     except Exception as err:  # safetensors raises its own error types for malformed files
-        raise UserError(f"{path}: corrupted checkpoint ({err})") from None
+        raise UserError(f"{path}: corrupted checkpoint ({_shown(str(err))})") from None
     return tensors, meta
+
+
+def _verify(data: bytes, metadata: dict[str, str], version: int, path: Path) -> None:
+    """The payload's checksum, then the whole file's (version 2); version 1 had only the
+    first, so its header is loaded unverified, with a warning."""
+    if hashlib.sha256(_payload(data)).hexdigest() != metadata.get(_HASH_KEY):
+        raise UserError(f"{path}: corrupted checkpoint (tensor data fails its checksum)")
+    if version == LEGACY_VERSION and _FILE_HASH_KEY not in metadata:
+        warnings.warn(f"{path}: written by an older lstmkit (format version 1): its header "
+                      f"(config, vocabulary, position) has no checksum, so it is loaded "
+                      f"unverified; saving it again (training on with --resume) adds one",
+                      LstmkitWarning, stacklevel=3)
+        return
+    span = _file_hash_span(data)
+    if span is None or _whole_file_hash(data, span) != metadata.get(_FILE_HASH_KEY):
+        raise UserError(f"{path}: corrupted checkpoint (header fails its checksum)")
+
+
+def _string_table(value: Any, path: Path) -> dict[str, str]:
+    """safetensors' `__metadata__`: absent, or a table of strings."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise UserError(f"{path}: not a safetensors checkpoint (metadata is not a table of "
+                        f"strings)")
+    return value
+
+
+def _meta_document(text: str, path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(text)
+    except RecursionError:
+        raise UserError(f"{path}: corrupted checkpoint (metadata nested too deeply)") from None
+    except ValueError:  # JSONDecodeError, or an integer past Python's digit limit
+        raise UserError(f"{path}: corrupted checkpoint (metadata is not valid JSON)") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise UserError(f"{path}: not an lstmkit checkpoint")
+    _check_depth(meta, MAX_META_DEPTH, path)
+    return meta
+
+
+def _check_depth(value: Any, limit: int, path: Path) -> None:
+    pending = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if depth > limit:
+            raise UserError(f"{path}: corrupted checkpoint (metadata nests more than {limit} "
+                            f"deep)")
+        if isinstance(item, dict):
+            pending.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            pending.extend((v, depth + 1) for v in item)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value) if not isinstance(value, str) else value
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
+def meta_table(meta: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
+    """A part of the metadata that must be a JSON object."""
+    value = meta.get(key)
+    if not isinstance(value, dict):
+        raise UserError(f"{path}: {key} is missing or not a table")
+    return value
+
+
+def check_weights_fit(build: Callable[[], torch.nn.Module], tensors: dict[str, torch.Tensor],
+                      path: Path, prefix: str = "model.") -> None:
+    """The weights the metadata describes are the ones the file holds, compared on torch's
+    "meta" device (no memory) before the model is built for real: no size in the metadata can
+    ask for more than the file has. `build` makes the model from the metadata."""
+    try:
+        with torch.device("meta"):
+            model = build()
+    except (RuntimeError, ValueError, TypeError, OverflowError) as err:
+        raise UserError(f"{path}: checkpoint metadata describes a model that cannot be built "
+                        f"({_shown(str(err).splitlines()[0] if str(err) else type(err).__name__)})"
+                        ) from None
+    expected = {name: tuple(p.shape) for name, p in model.state_dict().items()}
+    found = {name[len(prefix):]: tuple(t.shape) for name, t in tensors.items()
+             if name.startswith(prefix)}
+    if expected != found:
+        differing = sorted(set(expected) ^ set(found)) or sorted(
+            name for name in expected if expected[name] != found[name])
+        raise UserError(f"{path}: weights do not fit the model the metadata describes "
+                        f"(first difference: {_shown(differing[0])})")
 
 
 def load_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path,
@@ -154,19 +271,40 @@ def _header(data: bytes, path: Path) -> dict:
     if len(data) < 8:
         raise UserError(f"{path}: truncated checkpoint ({len(data)} bytes)")
     (size,) = struct.unpack("<Q", data[:8])
-    if size > len(data) - 8:
+    if size > len(data) - 8 or size > MAX_HEADER_BYTES:
         raise UserError(f"{path}: truncated or not a safetensors checkpoint")
     try:
         header = json.loads(data[8:8 + size])
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except RecursionError:
+        raise UserError(f"{path}: not a safetensors checkpoint (header nested too deeply)"
+                        ) from None
+    except (ValueError, UnicodeDecodeError):
         raise UserError(f"{path}: not a safetensors checkpoint (unreadable header)") from None
     if not isinstance(header, dict):
         raise UserError(f"{path}: not a safetensors checkpoint")
-    ends = [v["data_offsets"][1] for k, v in header.items()
-            if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v]
-    if max(ends, default=0) > len(data) - 8 - size:
-        raise UserError(f"{path}: truncated checkpoint (tensor data is cut short)")
+    payload_size = len(data) - 8 - size
+    for name, entry in header.items():
+        if name != "__metadata__":
+            _check_tensor_entry(name, entry, payload_size, path)
     return header
+
+
+def _check_tensor_entry(name: str, entry: Any, payload_size: int, path: Path) -> None:
+    """A tensor's header entry: a dtype name, a shape of sizes, and offsets inside the payload."""
+    def is_size(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**63
+
+    ok = (isinstance(entry, dict) and isinstance(entry.get("dtype"), str)
+          and isinstance(entry.get("shape"), list) and len(entry["shape"]) <= 16
+          and all(is_size(v) for v in entry["shape"])
+          and isinstance(entry.get("data_offsets"), list) and len(entry["data_offsets"]) == 2
+          and all(is_size(v) for v in entry["data_offsets"])
+          and entry["data_offsets"][0] <= entry["data_offsets"][1])
+    if not ok:
+        raise UserError(f"{path}: corrupted checkpoint (the header entry of tensor "
+                        f"{_shown(name)} is malformed)")
+    if entry["data_offsets"][1] > payload_size:
+        raise UserError(f"{path}: truncated checkpoint (tensor data is cut short)")
 
 
 def _payload(data: bytes) -> bytes:

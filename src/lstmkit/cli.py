@@ -16,12 +16,14 @@ from collections.abc import Callable, Sequence
 
 from lstmkit.classify.cli import add_classify_command
 from lstmkit.distributed import lost_contact, rank_label
-from lstmkit.errors import LstmkitWarning, UserError
+from lstmkit.errors import LstmkitWarning, UserError, one_line
 from lstmkit.lm import api
 from lstmkit.reporting import TENSORBOARD_HELP, discard_output
 
 EXIT_USER_ERROR = 2
 EXIT_LOST_CONTACT = 1
+_PATH_ERRORS = (errno.ENAMETOOLONG, errno.ELOOP, errno.EACCES, errno.EPERM, errno.ENOENT,
+                errno.ENOTDIR, errno.EISDIR, errno.EROFS)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,7 +45,7 @@ def _run(argv: Sequence[str] | None) -> int:
         args = build_parser().parse_args(argv)
         return args.handler(args) or 0
     except UserError as err:
-        print(f"lstmkit: error: {rank_label()}{err}", file=sys.stderr)
+        print(f"lstmkit: error: {rank_label()}{one_line(str(err), 2000)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except RuntimeError as err:
         lost = lost_contact(err)
@@ -61,6 +63,11 @@ def _run(argv: Sequence[str] | None) -> int:
         discard_output(sys.stdout)
         return 0
     except OSError as err:
+        if err.filename is not None and err.errno in _PATH_ERRORS:
+            # A path the user gave that a check missed: still one line, not a traceback.
+            print(f"lstmkit: error: {rank_label()}{err.filename}: {err.strerror}",
+                  file=sys.stderr)
+            return EXIT_USER_ERROR
         if err.errno != errno.ENOSPC:
             raise
         discard_output(sys.stdout)  # stdout on a full disk (files are checked where written)

@@ -18,6 +18,7 @@ import urllib.request
 from pathlib import Path
 
 from lstmkit.errors import UserError
+from lstmkit.files import exists, is_file
 
 SCRATCH_PREFIX = ".download-"
 PTB_URL = "http://www.fit.vutbr.cz/~imikolov/rnnlm/simple-examples.tgz"
@@ -53,9 +54,10 @@ def download_ptb(dest: str | Path | None = None, url: str = PTB_URL,
     members = members or PTB_MEMBERS
     target = Path(dest or default_cache_dir()) / "ptb"
     wanted = {Path(name).name: digest for name, digest in members.items()}
-    if all((target / n).exists() and sha256_of(target / n) == d for n, d in wanted.items()):
+    if all(is_file(target / n, "download directory") and sha256_of(target / n) == d
+           for n, d in wanted.items()):
         return target
-    created = not target.exists()
+    created = not exists(target, "download directory")
     try:
         target.mkdir(parents=True, exist_ok=True)
     except OSError as err:

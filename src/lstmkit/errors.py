@@ -7,12 +7,20 @@ line and exits with status 2; programming errors still surface as tracebacks.
 
 
 import contextlib
+import os
 import re
 from collections.abc import Iterator
 
 
 class UserError(Exception):
     """A user mistake, reported as one readable line (exit status 2 from the CLI)."""
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """`text` as one line (line breaks escaped, as a name taken from a file may hold them),
+    cut to `limit` characters."""
+    text = text.replace("\r", "\\r").replace("\n", "\\n")
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 class LstmkitWarning(RuntimeWarning):
@@ -37,3 +45,27 @@ def model_fits(what: str) -> Iterator[None]:
         else:
             why = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
         raise UserError(f"cannot build the {what} from these sizes: {why}") from None
+
+
+INT64_LIMIT = 2**63
+
+
+def check_memory(what: str, needed_bytes: int, largest_size: int) -> None:
+    """Refuse, before building it, a model that cannot exist here: a size past what torch can
+    index, or more memory than the machine has (building one would take minutes to fail, or
+    swap). The line is the one `model_fits` gives when an allocation fails."""
+    if largest_size >= INT64_LIMIT:
+        raise UserError(f"cannot build the {what} from these sizes: a size does not fit in "
+                        f"64 bits")
+    available = physical_memory()
+    if available is not None and needed_bytes > available:
+        raise UserError(f"cannot build the {what} from these sizes: it needs "
+                        f"{needed_bytes / 2**30:,.1f} GiB of memory (this machine has "
+                        f"{available / 2**30:,.1f} GiB)")
+
+
+def physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None

@@ -82,7 +82,7 @@ def coerce(name: str, value: Any, annotation: Any, source: str) -> Any:
         pass
     kind = {tuple: "comma-separated sizes like 128,64", bool: "true or false"}.get(
         typ, getattr(typ, "__name__", str(typ)))
-    raise UserError(f"{source}: config field {name} must be {kind}, got {value!r}")
+    raise UserError(f"{source}: config field {name} must be {kind}, got {shown(value)}")
 
 
 def check_types(config: Any) -> None:
@@ -104,12 +104,25 @@ def check_type(name: str, value: Any, annotation: Any) -> None:
         ok = isinstance(value, typ)
     if not ok:
         raise UserError(f"config field {name} must be {getattr(typ, '__name__', typ)}, "
-                        f"got {value!r}")
+                        f"got {shown(value)}")
 
 
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise UserError(f"config field {name} must be one of {', '.join(choices)}, got {value!r}")
+        raise UserError(f"config field {name} must be one of {', '.join(choices)}, got "
+                        f"{shown(value)}")
+
+
+SHOWN_CHARS = 100  # a value quoted in an error line: enough to recognise it, never a flood
+
+
+def shown(value: Any) -> str:
+    """`repr(value)`, cut to SHOWN_CHARS so that one error stays one readable line."""
+    try:
+        text = repr(value)
+    except (RecursionError, ValueError):  # a deep list; an int past str()'s digit limit
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS - 3] + "..."
 
 
 SEED_LIMIT = 2 ** 63  # torch.manual_seed and numpy both take [0, 2**63)
@@ -117,4 +130,4 @@ SEED_LIMIT = 2 ** 63  # torch.manual_seed and numpy both take [0, 2**63)
 
 def check_seed(seed: int) -> None:
     if not 0 <= seed < SEED_LIMIT:
-        raise UserError(f"config field seed must be in [0, 2**63), got {seed}")
+        raise UserError(f"config field seed must be in [0, 2**63), got {shown(seed)}")

@@ -1,4 +1,5 @@
-"""Reading text files safely: one clear error for a missing, empty or non-UTF-8 file."""
+"""Reading text files safely: one clear error for a missing, empty or non-UTF-8 file, for
+anything that is not a regular file, and for a file over MAX_TEXT_BYTES (2 GiB)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lstmkit.errors import UserError
+from lstmkit.files import MAX_TEXT_BYTES, read_regular_file
 
 
 def read_text(path: str | Path) -> str:
@@ -25,14 +27,12 @@ def read_text(path: str | Path) -> str:
 
 
 def _read_bytes(path: Path) -> bytes:
-    if not path.exists():
-        raise UserError(f"{path}: file not found")
-    if path.is_dir():
-        raise UserError(f"{path}: is a directory, expected a text file")
     try:
-        return path.read_bytes()
-    except OSError as err:
-        raise UserError(f"{path}: cannot read ({err.strerror})") from None
+        return read_regular_file(path, "text file", MAX_TEXT_BYTES)
+    except UserError as err:
+        if str(err) == f"{path}: text file not found":
+            raise UserError(f"{path}: file not found") from None
+        raise
 
 
 @dataclass(frozen=True)

@@ -55,5 +55,13 @@ class Vocab:
 
     @classmethod
     def from_dict(cls, data: dict) -> Vocab:
-        return cls(tuple(data["tokens"]), data.get("unk"))
+        """A saved vocabulary; anything but a list of strings (and an optional unk string) is
+        refused."""
+        tokens, unk = data.get("tokens") if isinstance(data, dict) else None, None
+        if isinstance(data, dict):
+            unk = data.get("unk")
+        if not (isinstance(tokens, list) and tokens and all(isinstance(t, str) for t in tokens)
+                and (unk is None or isinstance(unk, str))):
+            raise UserError("vocabulary is not a list of tokens")
+        return cls(tuple(tokens), unk)
 

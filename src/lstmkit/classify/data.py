@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from lstmkit.errors import UserError
+from lstmkit.files import exists, is_dir
 from lstmkit.text import read_text_or_latin1
 from lstmkit.vocab import UNK, Vocab
 
@@ -77,13 +78,13 @@ def read_labelled(path: str | Path, text_column: str = "text", label_column: str
                   ) -> LabelledTexts:
     """Any of the three formats, chosen by what `path` is (see the module docstring)."""
     path = Path(path)
-    if not path.exists():
+    if not exists(path, "data path"):
         raise UserError(f"{path}: data not found")
-    if path.is_dir():
+    if is_dir(path):
         if (text_column, label_column) != ("text", "label"):
             raise UserError(f"{path}: a directory has no columns; --text-column and "
                             f"--label-column apply to a .tsv/.csv file")
-        if (path / "reviews.txt").exists() or (path / "labels.txt").exists():
+        if exists(path / "reviews.txt") or exists(path / "labels.txt"):
             return read_aligned(path / "reviews.txt", path / "labels.txt")
         pos, neg = _class_files(path)
         return read_per_class(pos, neg)

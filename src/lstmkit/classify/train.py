@@ -42,14 +42,8 @@ from lstmkit.reporting import (
     plot_epoch_curves,
     require_tensorboard,
 )
-from lstmkit.rundir import (
-    BEST_FILE,
-    CURVE_FILE,
-    METRICS_FILE,
-    clear_run,
-    prepare_run_dir,
-    refuse_to_replace,
-)
+from lstmkit.rundir import BEST_FILE, CURVE_FILE, METRICS_FILE
+from lstmkit.runstart import RunDir, check_run_start, open_run
 from lstmkit.vocab import Vocab
 
 
@@ -80,15 +74,16 @@ def train_classifier(config: ClassifierConfig, splits: Splits, save_path: str | 
     world = launched_world()
     world.check_divides(config.batch_size)
     console = rank_console(console, world)
-    refuse_to_replace(save_path, overwrite, resumable=False)
+    check_run_start(save_path, overwrite, resume=False, resumable=False, writer=world.is_main)
     with joined(world, resolve_device(config.device)) as world:
         return _train(config, splits, save_path, vectors_path, split_meta, console, world,
-                      tensorboard)
+                      overwrite, tensorboard)
 
 
 def _train(config: ClassifierConfig, splits: Splits, save_path: str | Path | None,
            vectors_path: str | Path | None, split_meta: dict | None, console: Console,
-           world: World, tensorboard: str | Path | None) -> ClassifierResult:
+           world: World, overwrite: bool, tensorboard: str | Path | None
+           ) -> ClassifierResult:
     device = world.device
     for note in dict.fromkeys(splits.train.notes + splits.valid.notes + splits.test.notes):
         console.say(f"note: {note}")
@@ -106,13 +101,25 @@ def _train(config: ClassifierConfig, splits: Splits, save_path: str | Path | Non
     optimizer = _optimizer(config, model)
     replica = world.wrap(model)
     # Every input is checked by now, so a mistake in one leaves no run directory behind.
-    run_dir = prepare_run_dir(save_path) if save_path is not None and world.is_main else None
+    with open_run(save_path, overwrite=overwrite, resume=False, resumable=False,
+                  writer=world.is_main) as run:
+        return _train_in_run(config, splits, train, valid, test, vocab, model, optimizer,
+                             replica, run, split_meta, console, world, tensorboard)
+
+
+def _train_in_run(config: ClassifierConfig, splits: Splits, train: EncodedSplit,
+                  valid: EncodedSplit, test: EncodedSplit, vocab: Vocab,
+                  model: SentimentClassifier, optimizer: torch.optim.Optimizer,
+                  replica: torch.nn.Module, run: RunDir, split_meta: dict | None,
+                  console: Console, world: World, tensorboard: str | Path | None
+                  ) -> ClassifierResult:
+    """Epochs, the kept best weights and the test, written into the locked run directory."""
+    device = world.device
+    run_dir = run.path if world.is_main else None
     scalars = None
     if tensorboard is not None and world.is_main:
         scalars = ScalarWriter(tensorboard, _batches_per_epoch(len(train), config, world))
     metrics = MetricsLog(run_dir / METRICS_FILE if run_dir else None, scalars)
-    if run_dir is not None:
-        clear_run(run_dir)
     parameters = sum(p.numel() for p in model.parameters())
     console.say(f"seed {config.seed}: the same seed gives the same split and, with the same "
                 f"device and thread count, the same result | device {device.type} | "
@@ -154,6 +161,7 @@ def _train(config: ClassifierConfig, splits: Splits, save_path: str | Path | Non
                 save_classifier(run_dir / BEST_FILE, model, config, vocab,
                                 {"epoch": epoch, "valid_accuracy": valid_score.accuracy,
                                  "split": split_meta or {}})
+                run.accept()  # a replaced run's files may go now: this one has its model
 
     valid_accuracy, best_epoch, weights = best
     model.load_state_dict(weights)

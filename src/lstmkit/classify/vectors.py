@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from lstmkit.errors import UserError
+from lstmkit.files import is_file
 from lstmkit.vocab import Vocab
 
 
@@ -33,8 +34,8 @@ def load_word_vectors(path: str | Path, vocab: Vocab, init: torch.Tensor | None 
     cased word2vec files serve a lower-cased vocabulary. `skip` lists tokens never filled.
     """
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: word-vector file not found")
+    if not is_file(path, "word-vector file"):
+        raise UserError(f"{path}: word-vector file not found (or not a regular file)")
     weights: torch.Tensor | None = None
     exact: set[int] = set()
     filled: set[int] = set()
@@ -85,8 +86,8 @@ def load_word_vectors(path: str | Path, vocab: Vocab, init: torch.Tensor | None 
 def vector_dimension(path: str | Path) -> int:
     """The dimension of the vectors in a GloVe/word2vec text file (from its first vector)."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: word-vector file not found")
+    if not is_file(path, "word-vector file"):
+        raise UserError(f"{path}: word-vector file not found (or not a regular file)")
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
             parts = raw.decode("utf-8", errors="replace").split()

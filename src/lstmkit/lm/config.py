@@ -19,6 +19,7 @@ from lstmkit.device import DEVICES, PRECISIONS
 from lstmkit.errors import UserError
 from lstmkit.fields import apply_overrides as apply_field_overrides
 from lstmkit.fields import check_choice, check_seed, check_types, described, flag_helps
+from lstmkit.files import MAX_CONFIG_BYTES, read_regular_file
 from lstmkit.nn.recurrent import CELLS, LSTM_IMPLS
 
 OPTIMIZERS = ("sgd", "adam")
@@ -156,37 +157,71 @@ def apply_overrides(config: LMConfig, overrides: Mapping[str, Any], source: str)
     return apply_field_overrides(config, overrides, source)
 
 
+MAX_CONFIG_DEPTH = 8  # a flat table of numbers, strings and (for sizes) lists of numbers
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a flat table of config fields from a .toml or .json file."""
+    """Read a flat table of config fields from a .toml or .json file.
+
+    The file must be a regular file of at most 1 MiB, and its values nest at most
+    MAX_CONFIG_DEPTH deep: anything else is refused before any value is used."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: config file not found") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: cannot read config file ({_reason(err)})") from None
-    if path.suffix.lower() == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
-    elif path.suffix.lower() == ".toml":
-        try:
-            import tomllib
-        except ModuleNotFoundError:  # Python 3.10
-            import tomli as tomllib
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as err:
-            raise UserError(f"{path}: invalid TOML ({err})") from None
-    else:
+    suffix = path.suffix.lower()
+    if suffix not in (".json", ".toml"):
         raise UserError(f"{path}: config file must end in .toml or .json")
+    raw = read_regular_file(path, "config file", MAX_CONFIG_BYTES)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: cannot read config file (not valid UTF-8 at offset "
+                        f"{err.start})") from None
+    data = _parse_json(path, text) if suffix == ".json" else _parse_toml(path, text)
     if not isinstance(data, dict):
         raise UserError(f"{path}: config file must hold a table of fields")
     nested = [k for k, v in data.items() if isinstance(v, dict)]
     if nested:
         raise UserError(f"{path}: config file must be a flat table; {nested[0]!r} is a section")
+    check_depth(data, MAX_CONFIG_DEPTH, f"{path}: config file")
     return data
+
+
+def _parse_json(path: Path, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
+    except RecursionError:
+        raise UserError(f"{path}: invalid config file (nested too deeply)") from None
+    except ValueError as err:  # an integer of more digits than Python converts
+        raise UserError(f"{path}: invalid JSON ({_reason(err)[:120]})") from None
+
+
+def _parse_toml(path: Path, text: str) -> Any:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise UserError(f"{path}: invalid TOML ({err})") from None
+    except RecursionError:
+        raise UserError(f"{path}: invalid config file (nested too deeply)") from None
+    except ValueError as err:  # an integer of more digits than Python converts
+        raise UserError(f"{path}: invalid TOML ({_reason(err)[:120]})") from None
+
+
+def check_depth(value: Any, limit: int, where: str) -> None:
+    """Refuse lists and tables nested deeper than `limit` (walked without recursion)."""
+    pending = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if depth > limit:
+            raise UserError(f"{where} nests values more than {limit} deep")
+        if isinstance(item, dict):
+            pending.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, (list, tuple)):
+            pending.extend((v, depth + 1) for v in item)
 
 
 def _reason(err: BaseException) -> str:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from lstmkit.errors import UserError
+from lstmkit.files import exists, is_dir
 from lstmkit.text import read_text
 from lstmkit.vocab import EOS, UNK, Vocab
 
@@ -222,12 +223,12 @@ def resolve_ptb_dir(data_dir: str | Path | None) -> Path:
             "no PTB data given: pass --data-dir DIR (holding ptb.train.txt, ptb.valid.txt, "
             f"ptb.test.txt), set {DATA_ENV}, or add --download (or run `lstmkit download ptb`)")
     root = Path(given).expanduser()
-    if not root.exists():
+    if not exists(root, "data directory"):
         raise UserError(f"{root}: data directory not found")
-    if not root.is_dir():
+    if not is_dir(root):
         raise UserError(f"{root}: not a directory")
     for candidate in (root, root / "ptb", root / "simple-examples" / "data"):
-        if ptb_split_file(candidate, "train").exists():
+        if exists(ptb_split_file(candidate, "train"), "data directory"):
             return candidate
     raise UserError(f"{root}: no ptb.train.txt here (nor in {root / 'ptb'})")
 

@@ -27,7 +27,10 @@ class Perplexity:
 
     @property
     def value(self) -> float:
-        return math.exp(self.nll / self.tokens)
+        try:
+            return math.exp(self.nll / self.tokens)
+        except OverflowError:  # a diverged model: its perplexity is past any float
+            return math.inf
 
     @property
     def shape(self) -> str:

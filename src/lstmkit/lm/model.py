@@ -78,6 +78,16 @@ class LanguageModel(nn.Module):
         return nll, state
 
 
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # weight blocks per layer of each cell
+
+
+def parameter_count(shape: LMShape) -> int:
+    """The model's parameters, computed without building it (Python ints: never overflow)."""
+    hidden, gates = shape.hidden_size, GATES.get(shape.cell, 4)
+    recurrent = shape.num_layers * gates * hidden * (2 * hidden + 2)  # W_ih, W_hh, two biases
+    return shape.vocab_size * hidden * 2 + shape.vocab_size + recurrent
+
+
 def build_language_model(config: LMConfig, vocab_size: int) -> LanguageModel:
     model = LanguageModel(LMShape.of(config, vocab_size), keep_prob=config.keep_prob,
                           lstm_impl=config.lstm_impl)

@@ -15,9 +15,17 @@ from typing import Any
 
 import torch
 
-from lstmkit.checkpoint import load_checkpoint, load_weights, save_checkpoint
-from lstmkit.errors import UserError
+from lstmkit.checkpoint import (
+    check_weights_fit,
+    load_checkpoint,
+    load_weights,
+    meta_table,
+    save_checkpoint,
+)
+from lstmkit.errors import UserError, one_line
+from lstmkit.fields import check_type
 from lstmkit.lm.config import LMConfig
+from lstmkit.lm.data import LEVELS
 from lstmkit.lm.model import LanguageModel, LMShape
 from lstmkit.rundir import checkpoint_file
 from lstmkit.vocab import Vocab
@@ -51,10 +59,31 @@ class LoadedLM:
     @property
     def progress(self) -> Progress:
         try:
-            return Progress(**self.meta["progress"])
-        except (KeyError, TypeError) as err:
+            return checked_progress(self.meta.get("progress"))
+        except (UserError, TypeError) as err:
             raise UserError(f"{self.path}: has no usable training position, cannot resume "
                             f"from it ({err})") from None
+
+
+_PROGRESS_TYPES = {"epoch": "int", "step": "int", "costs": "float", "iters": "int",
+                   "metrics_bytes": "int", "lr_scale": "float"}
+
+
+def checked_progress(saved: Any) -> Progress:
+    """A saved Progress, every field of its type and in range before training uses it."""
+    if not isinstance(saved, dict):
+        raise UserError("progress is missing or not a table")
+    progress = Progress(**saved)
+    for name, annotation in _PROGRESS_TYPES.items():
+        check_type(name, getattr(progress, name), annotation)
+    if progress.best_valid is not None:
+        check_type("best_valid", progress.best_valid, "float")
+    if not (isinstance(progress.history, list)
+            and all(isinstance(record, dict) for record in progress.history)):
+        raise UserError("history is not a list of records")
+    if progress.epoch < 1 or min(progress.step, progress.iters, progress.metrics_bytes) < 0:
+        raise UserError("a position field is out of range")
+    return progress
 
 
 def save_lm_checkpoint(path: Path, model: LanguageModel, config: LMConfig, vocab: Vocab,
@@ -100,45 +129,93 @@ def load_lm(path: str | Path, device: torch.device | str = "cpu") -> LoadedLM:
     path = checkpoint_file(path)
     tensors, meta = load_checkpoint(path)
     if meta.get("kind") != KIND_LM:
-        raise UserError(f"{path}: holds a {meta.get('kind')!r}, not a language model")
-    try:
-        config = LMConfig(**meta["config"])
-        vocab = Vocab.from_dict(meta["vocab"])
-        shape = LMShape(**meta["shape"])
-    except (KeyError, TypeError) as err:
-        raise UserError(f"{path}: checkpoint metadata is incomplete ({err})") from None
+        raise UserError(f"{path}: holds a {_kind(meta)}, not a language model")
+    config, vocab, shape, level = _described_model(meta, path)
+    layers_in_file = sum(1 for name in tensors if name.startswith("model.rnn.weight_ih_l"))
+    if shape.num_layers != layers_in_file:  # checked first: building the layers takes time
+        raise UserError(f"{path}: checkpoint metadata describes {shape.num_layers} layers, the "
+                        f"file holds {layers_in_file}")
+    check_weights_fit(lambda: LanguageModel(shape, keep_prob=config.keep_prob), tensors, path)
     model = LanguageModel(shape, keep_prob=config.keep_prob, lstm_impl=config.lstm_impl)
     load_weights(model, tensors, path)
     model.to(device)
-    return LoadedLM(model, config, vocab, meta.get("level", "word"), meta, tensors, path)
+    return LoadedLM(model, config, vocab, level, meta, tensors, path)
+
+
+def _described_model(meta: dict[str, Any], path: Path
+                     ) -> tuple[LMConfig, Vocab, LMShape, str]:
+    """Config, vocabulary, shape and level from the metadata, each checked, and agreeing with
+    each other, before any of them sizes a model."""
+    try:
+        config = LMConfig(**meta_table(meta, "config", path))
+        vocab = Vocab.from_dict(meta_table(meta, "vocab", path))
+        shape = LMShape(**meta_table(meta, "shape", path))
+        for name in ("vocab_size", "hidden_size", "num_layers"):
+            check_type(name, getattr(shape, name), "int")
+    except (TypeError, UserError) as err:
+        raise UserError(f"{path}: checkpoint metadata is incomplete or invalid "
+                        f"({one_line(str(err).removeprefix(f'{path}: '))})") from None
+    described = (config.hidden_size, config.num_layers, config.cell, len(vocab))
+    if (shape.hidden_size, shape.num_layers, shape.cell, shape.vocab_size) != described:
+        raise UserError(f"{path}: checkpoint metadata disagrees with itself (the shape "
+                        f"{shape} is not that of its config and {len(vocab)}-token vocabulary)")
+    level = meta.get("level", "word")
+    if level not in LEVELS:
+        raise UserError(f"{path}: checkpoint metadata names an unknown level "
+                        f"{str(level)[:40]!r}")
+    return config, vocab, shape, level
+
+
+def _kind(meta: dict[str, Any]) -> str:
+    return repr(meta.get("kind"))[:60]
 
 
 def restore_optimizer(optimizer: torch.optim.Optimizer, loaded: LoadedLM) -> None:
     saved = loaded.meta.get("optimizer")
     if saved is None:
         raise UserError(f"{loaded.path}: has no optimizer state, cannot resume from it")
-    state: dict[int, dict[str, Any]] = {int(pid): dict(v) for pid, v in saved["state"].items()}
-    for name, tensor in loaded.tensors.items():
-        if name.startswith("optim."):
-            _, pid, key = name.split(".", 2)
-            state.setdefault(int(pid), {})[key] = tensor
-    optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+    try:
+        state: dict[int, dict[str, Any]] = {int(pid): dict(v)
+                                            for pid, v in saved["state"].items()}
+        for name, tensor in loaded.tensors.items():
+            if name.startswith("optim."):
+                _, pid, key = name.split(".", 2)
+                state.setdefault(int(pid), {})[key] = tensor
+        optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, RuntimeError) as err:
+        # The optimizer's own format, as torch checks it: any mismatch is a bad checkpoint.
+        raise UserError(f"{loaded.path}: unusable optimizer state, cannot resume from it "
+                        f"({type(err).__name__})") from None
 
 
 def restore_rng(loaded: LoadedLM) -> None:
-    torch.set_rng_state(loaded.tensors["rng.torch"])
-    if torch.cuda.is_available():
-        states = [loaded.tensors[k] for k in sorted(loaded.tensors) if k.startswith("rng.cuda.")]
-        if len(states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(states)
+    try:
+        torch.set_rng_state(loaded.tensors["rng.torch"])
+        if torch.cuda.is_available():
+            states = [loaded.tensors[k] for k in sorted(loaded.tensors)
+                      if k.startswith("rng.cuda.")]
+            if len(states) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(states)
+    except (KeyError, TypeError, RuntimeError) as err:
+        raise UserError(f"{loaded.path}: unusable random-number state, cannot resume from it "
+                        f"({type(err).__name__})") from None
 
 
 def carried_state(loaded: LoadedLM, device: torch.device) -> tuple[torch.Tensor, ...] | None:
-    parts = sorted((k for k in loaded.tensors if k.startswith("carried.")),
-                   key=lambda k: int(k.split(".")[1]))
+    """The state carried into the next window, shaped as the model and batch need it."""
+    parts = sorted(k for k in loaded.tensors if k.startswith("carried."))
     if not parts:
         return None
-    return tuple(loaded.tensors[k].to(device) for k in parts)
+    shape = loaded.model.shape
+    wanted = (shape.num_layers, loaded.config.batch_size, shape.hidden_size)
+    count = 2 if shape.cell == "lstm" else 1
+    names = [f"carried.{i}" for i in range(count)]
+    if parts != sorted(names) or any(tuple(loaded.tensors[k].shape) != wanted
+                                     or not loaded.tensors[k].is_floating_point()
+                                     for k in names):
+        raise UserError(f"{loaded.path}: unusable carried state, cannot resume from it "
+                        f"(expected {count} float tensor(s) shaped {list(wanted)})")
+    return tuple(loaded.tensors[k].to(device) for k in names)
 
 
 def _unwrap(model: torch.nn.Module) -> LanguageModel:

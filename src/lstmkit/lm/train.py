@@ -16,15 +16,19 @@ from pathlib import Path
 
 import torch
 
-from lstmkit.checkpoint import remove_stale_temporaries
 from lstmkit.device import autocast, check_precision, resolve_device, resolve_precision
 from lstmkit.distributed import World, joined, launched_world, rank_console
-from lstmkit.errors import UserError, model_fits
+from lstmkit.errors import UserError, check_memory, model_fits
 from lstmkit.lm.batching import batch_rows, bptt_windows, epoch_size
 from lstmkit.lm.config import LMConfig
 from lstmkit.lm.data import TokenSplits
 from lstmkit.lm.evaluate import perplexity, stream_perplexity
-from lstmkit.lm.model import LanguageModel, build_language_model
+from lstmkit.lm.model import (
+    LanguageModel,
+    LMShape,
+    build_language_model,
+    parameter_count,
+)
 from lstmkit.lm.runs import (
     LoadedLM,
     Progress,
@@ -44,18 +48,14 @@ from lstmkit.reporting import (
     plot_learning_curve,
     require_tensorboard,
 )
-from lstmkit.rundir import (
-    BEST_FILE,
-    CURVE_FILE,
-    METRICS_FILE,
-    MODEL_FILE,
-    clear_run,
-    prepare_run_dir,
-    refuse_to_replace,
-)
+from lstmkit.rundir import BEST_FILE, CURVE_FILE, METRICS_FILE, MODEL_FILE
+from lstmkit.runstart import RunDir, check_run_start, open_run
 
 ROLLBACK_LR_FACTOR = 0.5  # on_nan rollback: each rollback halves the learning rate
 MAX_ROLLBACKS_IN_A_ROW = 3  # to the same checkpoint; one more fault there stops the run
+# A loss per token whose perplexity float32 cannot hold (e^88.7 = 3.4e38) is no model of any
+# vocabulary (uniform guessing costs ln V, about 9 nats for PTB's): the run has diverged.
+MAX_LOSS_PER_TOKEN = math.log(3.4028234663852886e38)
 
 
 @dataclass(frozen=True)
@@ -101,10 +101,11 @@ def train_language_model(config: LMConfig, data: TokenSplits, save_path: str | P
     console = rank_console(console, world)
     device = resolve_device(config.device)
     check_precision(config.precision, device)
-    if resumed is None:
-        refuse_to_replace(save_path, overwrite, resumable=True)
+    check_run_start(save_path, overwrite, resume=resumed is not None, resumable=True,
+                    writer=world.is_main)
     with joined(world, device) as world:
-        return _train_run(config, data, save_path, resumed, console, world, tensorboard)
+        return _train_run(config, data, save_path, resumed, console, world, overwrite,
+                          tensorboard)
 
 
 def _precision_label(config: LMConfig, device: torch.device) -> str:
@@ -126,15 +127,30 @@ def implementation(config: LMConfig, model: LanguageModel, device: torch.device
 
 def _train_run(config: LMConfig, data: TokenSplits, save_path: str | Path | None,
                resumed: LoadedLM | None, console: Console, world: World,
-               tensorboard: str | Path | None) -> TrainResult:
-    device = world.device
+               overwrite: bool, tensorboard: str | Path | None) -> TrainResult:
     resume = resumed is not None
     windows = _check_fit(config, data, save_path)  # before any file of the run is touched
+    model = None
     if not resume:  # a model too big for memory is refused before the run directory exists
+        check_model_memory(config, len(data.vocab))
         torch.manual_seed(config.seed)
         with model_fits("language model"):
-            model = build_language_model(config, len(data.vocab)).to(device)
-    run_dir = _run_dir(save_path, world)
+            model = build_language_model(config, len(data.vocab)).to(world.device)
+    with open_run(save_path, overwrite=overwrite, resume=resume, resumable=True,
+                  writer=world.is_main) as run:
+        return _train_in_run(config, data, run, model, resumed, console, world, windows,
+                             tensorboard)
+
+
+def _train_in_run(config: LMConfig, data: TokenSplits, run: RunDir,
+                  model: LanguageModel | None, resumed: LoadedLM | None, console: Console,
+                  world: World, windows: int, tensorboard: str | Path | None
+                  ) -> TrainResult:
+    """The run itself, in its locked run directory; `model` is the fresh model (None on
+    resume, where the checkpoint's is used)."""
+    device = world.device
+    resume = resumed is not None
+    run_dir = run.path
     metrics = MetricsLog(run_dir / METRICS_FILE if run_dir and world.is_main else None,
                          _scalar_writer(tensorboard, windows, resumed, world))
 
@@ -146,8 +162,6 @@ def _train_run(config: LMConfig, data: TokenSplits, save_path: str | Path | None
         world.seed_replica(config.seed)
         optimizer = make_optimizer(config, model)
         progress, carried = Progress(), None
-        if run_dir is not None and world.is_main:
-            clear_run(run_dir)
     console.say(f"seed {config.seed}: runs with the same seed, device and thread count repeat "
                 f"exactly | device {device.type} | precision {_precision_label(config, device)} | "
                 f"{sum(p.numel() for p in model.parameters()):,} parameters")
@@ -163,7 +177,7 @@ def _train_run(config: LMConfig, data: TokenSplits, save_path: str | Path | None
 
     # This rank's rows of the batch (all of them in a world of one); it carries their state.
     rows = batch_rows(data.train, config.batch_size)[world.share(config.batch_size)].to(device)
-    save = _Saver(run_dir, model, optimizer, config, data, metrics, world)
+    save = _Saver(run, model, optimizer, config, data, metrics, world)
     window_loss = world.wrap(_WindowLoss(model))  # DDP (if W > 1) broadcasts rank 0's weights
     rollback = None
     if config.on_nan == "rollback":
@@ -186,7 +200,7 @@ def _train_run(config: LMConfig, data: TokenSplits, save_path: str | Path | None
             progress, carried = rollback.recover(fault, progress)
             continue
         carried = None
-        train_ppl = math.exp(progress.costs / progress.iters)
+        train_ppl = safe_exp(progress.costs / progress.iters)
         valid = perplexity(model, data.valid, config.eval_batch_size, config.eval_num_steps,
                            config.precision)
         valid = dataclasses.replace(valid, nll=world.agree([valid.nll])[0])  # rank 0's decides
@@ -246,10 +260,14 @@ def _train_epoch(model: LanguageModel, optimizer: torch.optim.Optimizer, rows: t
         # The whole batch's cost, the same on every rank: so is the decision to stop on inf.
         # (The gradient norm is of the all-reduced gradients: the same on every rank too.)
         cost_value = (world.summed(nll.detach()) / config.batch_size).item()
-        if not (math.isfinite(cost_value) and math.isfinite(grad_norm)):
+        per_token = cost_value / config.num_steps
+        if not (math.isfinite(cost_value) and math.isfinite(grad_norm)
+                and per_token <= MAX_LOSS_PER_TOKEN):
             bar.close()  # checked before the step, so a NaN never reaches the weights
             what = (f"loss is {cost_value}" if not math.isfinite(cost_value)
-                    else f"gradient norm is {grad_norm}")
+                    else f"gradient norm is {grad_norm}" if not math.isfinite(grad_norm)
+                    else f"loss is {per_token:.4g} nats per token, past a perplexity float32 "
+                         f"can hold")
             raise NonFiniteLoss(what, progress.epoch, progress.step + 1, save.checkpointed())
         optimizer.step()
         progress.costs += cost_value
@@ -259,7 +277,7 @@ def _train_epoch(model: LanguageModel, optimizer: torch.optim.Optimizer, rows: t
         if crosses_report_point(progress.step, windows):
             elapsed = time.perf_counter() - start_time
             words = (progress.step - start_step) * config.batch_size * config.num_steps
-            running = math.exp(progress.costs / progress.iters)
+            running = safe_exp(progress.costs / progress.iters)
             wps = words / max(elapsed, 1e-9)
             console.say(f"{progress.step / windows:.3f} perplexity: {running:.3f} "
                         f"speed: {wps:.0f} wps")
@@ -280,6 +298,26 @@ def make_optimizer(config: LMConfig, model: torch.nn.Module) -> torch.optim.Opti
     if config.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     return torch.optim.SGD(model.parameters(), lr=config.learning_rate)
+
+
+# float32 weights, their gradients and the optimizer's state (SGD: none; Adam: two moments).
+_COPIES = {"sgd": 2, "adam": 4}
+
+
+def check_model_memory(config: LMConfig, vocab_size: int) -> None:
+    """The memory the model needs to train, checked before it is built."""
+    shape = LMShape.of(config, vocab_size)
+    needed = parameter_count(shape) * 4 * _COPIES.get(config.optimizer, 4)
+    check_memory("language model", needed,
+                 max(config.hidden_size, config.num_layers, vocab_size))
+
+
+def safe_exp(x: float) -> float:
+    """exp(x), inf past what a float holds (a diverging run's perplexity, reported as such)."""
+    try:
+        return math.exp(x)
+    except OverflowError:
+        return math.inf
 
 
 def weights_finite(model: torch.nn.Module) -> bool:
@@ -325,17 +363,6 @@ class _WindowLoss(torch.nn.Module):
         return self.model.window_nll(x, y, state)
 
 
-def _run_dir(save_path: str | Path | None, world: World) -> Path | None:
-    """Rank 0 creates the run directory and proves it writable; other ranks only read it."""
-    if save_path is None:
-        return None
-    if not world.is_main:
-        return Path(save_path)
-    run_dir = prepare_run_dir(save_path)
-    remove_stale_temporaries(run_dir, (MODEL_FILE, BEST_FILE))  # from a write killed midway
-    return run_dir
-
-
 class _Saver:
     """Writes the run's checkpoints (latest always, best when valid improved).
 
@@ -344,10 +371,10 @@ class _Saver:
     carried state holds all B rows, so any number of processes can resume from it.
     """
 
-    def __init__(self, run_dir: Path | None, model: LanguageModel,
+    def __init__(self, run: RunDir, model: LanguageModel,
                  optimizer: torch.optim.Optimizer, config: LMConfig, data: TokenSplits,
                  metrics: MetricsLog, world: World) -> None:
-        self.run_dir, self.model, self.optimizer = run_dir, model, optimizer
+        self.run, self.run_dir, self.model, self.optimizer = run, run.path, model, optimizer
         self.config, self.data, self.metrics, self.world = config, data, metrics, world
 
     def checkpointed(self) -> bool:
@@ -372,6 +399,7 @@ class _Saver:
                                self.data.vocab, self.data.level)
         save_lm_checkpoint(self.run_dir / MODEL_FILE, self.model, self.config, self.data.vocab,
                            self.data.level, self.optimizer, progress, carried, rank_rng)
+        self.run.accept()  # a replaced run's files may go now: this one can be resumed
 
 
 def _resume(config: LMConfig, data: TokenSplits, loaded: LoadedLM, world: World,
