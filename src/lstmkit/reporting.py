@@ -34,8 +34,19 @@ class MetricsLog:
         self.path = path
         self.scalars = scalars
         self.rewind: int | None = None  # length to cut the file to before the next write
+        self.deferred: list[dict[str, Any]] = []
+
+    def defer(self, record: dict[str, Any]) -> None:
+        """Log `record` just before the next one: a run that fails before logging anything
+        else (a full disk at its first checkpoint, say) leaves the log as it found it."""
+        self.deferred.append(record)
 
     def write(self, record: dict[str, Any]) -> None:
+        records, self.deferred = [*self.deferred, record], []
+        for each in records:
+            self._append(each)
+
+    def _append(self, record: dict[str, Any]) -> None:
         if self.scalars is not None:
             self.scalars.write(record)
         if self.path is None:

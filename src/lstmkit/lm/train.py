@@ -168,7 +168,7 @@ def _train_in_run(config: LMConfig, data: TokenSplits, run: RunDir,
     runs_on = implementation(config, model, device)
     console.say(f"recurrent layer {runs_on['recurrent']} | softmax {runs_on['softmax']} | "
                 f"{runs_on['threads']} threads | CPU {runs_on['cpu']}")
-    metrics.write({"event": "setup", "seed": config.seed, "epoch": progress.epoch,
+    metrics.defer({"event": "setup", "seed": config.seed, "epoch": progress.epoch,
                    "step": progress.step, "resumed": resume, **runs_on})
     if world.distributed:
         console.say(f"data-parallel: {world.size} processes, each training on "
