@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -173,6 +173,28 @@ def evaluate_ptb(model_path: str | Path, data_dir: str | Path | None, split: str
 DEFAULT_SAMPLE_LENGTH = {"char": 500, "word": 100}
 
 
+__all__ += ["BeamText"]
+
+
+@dataclass(frozen=True)
+class BeamText:
+    """One beam-search result: the prime, the continuation, and the continuation's
+    log-probability (nats) over its `tokens` tokens."""
+    prime: str
+    continuation: str
+    logprob: float
+    tokens: int
+
+    @property
+    def text(self) -> str:
+        return self.prime + self.continuation
+
+    @property
+    def score(self) -> float:
+        """Log-probability per token: what the beams are ranked by."""
+        return self.logprob / self.tokens if self.tokens else 0.0
+
+
 class LanguageModelRun:
     """A saved word- or char-level language model: sample from it, score text with it.
 
@@ -193,42 +215,124 @@ class LanguageModelRun:
         return encode_text(self.vocab, text, self.level, where)[0]
 
     def generate(self, prime: str = "", length: int | None = None, temperature: float = 1.0,
-                 top_k: int | None = None, seed: int | None = None) -> Iterator[str]:
+                 top_k: int | None = None, seed: int | None = None, top_p: float | None = None,
+                 stop_at: str | None = None) -> Iterator[str]:
         """Yield the text piece by piece: first the prime, then each token as it is drawn.
 
         `length` tokens are drawn (default: 500 characters or 100 words); temperature 0 is
-        greedy; `top_k` keeps only the k most likely tokens; the same `seed` gives the same text.
+        greedy; `top_k` keeps only the k most likely tokens and `top_p` the fewest most likely
+        whose probability reaches p; the same `seed` gives the same text. `stop_at` ends the
+        sample early: "eos" (end of a sentence; for char models an empty line), "newline", or
+        any string (the token that completes it is the last).
 
         Words are joined by spaces and <eos> becomes a line break; characters are as they are.
         Sampling starts after a line break (<eos>, or a newline for char models) so a prime, or
         the first token, begins a line as in the training text.
         """
-        length = DEFAULT_SAMPLE_LENGTH[self.level] if length is None else length
-        generate.check_sampling(length, temperature, top_k)
+        for _, piece in self.generate_samples(prime, length, temperature, top_k, seed, top_p,
+                                              stop_at, num_samples=1):
+            yield piece
+
+    def generate_samples(self, prime: str = "", length: int | None = None,
+                         temperature: float = 1.0, top_k: int | None = None,
+                         seed: int | None = None, top_p: float | None = None,
+                         stop_at: str | None = None, num_samples: int = 1
+                         ) -> Iterator[tuple[int, str]]:
+        """`generate` for `num_samples` samples drawn together: yields (sample index, piece).
+
+        Each sample's prime comes first, then every step gives one piece per sample still
+        going. One seed gives the same samples.
+        """
+        length = self._length(length)
+        generate.check_sampling(length, temperature, top_k, top_p)
+        generate.check_count("num_samples", num_samples)
+        stop = generate.stop_text(stop_at, self.level)
         generator = generate.make_generator(seed)
+        context, prime_ids = self._context(prime)
+        pieces = [generate.Detokenizer(self.level) for _ in range(num_samples)]
+        watches = [generate.StopWatch(stop) for _ in range(num_samples)]
+        for index, detokenizer in enumerate(pieces):
+            for token in self.vocab.decode(prime_ids):
+                yield index, detokenizer.text_of(token)
+        going = [True] * num_samples
+        for step_ids in generate.sample_batch_ids(self.model, context, length, num_samples,
+                                                  temperature, top_k, generator, top_p):
+            for index, next_id in enumerate(step_ids.tolist()):
+                if going[index]:
+                    piece = pieces[index].text_of(self.vocab.tokens[next_id])
+                    going[index] = not watches[index].add(piece)
+                    yield index, piece
+            if not any(going):
+                return
+
+    def beam_search(self, prime: str = "", length: int | None = None, beam: int = 4,
+                    stop_at: str | None = None) -> list[BeamText]:
+        """The `beam` most likely continuations of `prime` (at most `length` tokens), best
+        first, ranked by log-probability per token; `stop_at` as in `generate`.
+
+        A continuation's `logprob` is that of its tokens after the line break and the prime,
+        so it equals `score` of a line break, the prime and the continuation, less the prime's
+        part.
+        """
+        length = self._length(length)
+        stop = generate.stop_text(stop_at, self.level)
+        context, prime_ids = self._context(prime)
+
+        def reached_stop(ids: tuple[int, ...]) -> bool:
+            return stop is not None and stop in self._text(ids)
+
+        found = generate.beam_search(self.model, context, length, beam,
+                                     reached_stop if stop is not None else None)
+        prime_text = self._text(tuple(prime_ids))
+        return [BeamText(prime_text, self._text(h.ids, after=prime_ids), h.logprob, len(h.ids))
+                for h in found]
+
+    def sample(self, prime: str = "", length: int | None = None, temperature: float = 1.0,
+               top_k: int | None = None, seed: int | None = None,
+               on_text: Callable[[str], object] | None = None, *, top_p: float | None = None,
+               stop_at: str | None = None, num_samples: int | None = None,
+               beam: int | None = None) -> str | list[str]:
+        """The prime and `length` sampled tokens as one string; `on_text` sees each piece.
+
+        With `num_samples` K: a list of K such strings, drawn together. With `beam` N: the N
+        best beam-search texts (temperature, top-k, top-p and seed play no part).
+        """
+        if beam is not None:
+            if num_samples is not None:
+                raise UserError("beam search returns the best --beam texts; --num-samples is "
+                                "for random samples (give one of them)")
+            return [found.text for found in self.beam_search(prime, length, beam, stop_at)]
+        if num_samples is not None:
+            texts = [""] * num_samples if isinstance(num_samples, int) else []
+            for index, piece in self.generate_samples(prime, length, temperature, top_k, seed,
+                                                      top_p, stop_at, num_samples):
+                texts[index] += piece
+            return texts
+        out = []
+        for piece in self.generate(prime, length, temperature, top_k, seed, top_p, stop_at):
+            out.append(piece)
+            if on_text is not None:
+                on_text(piece)
+        return "".join(out)
+
+    def _length(self, length: int | None) -> int:
+        return DEFAULT_SAMPLE_LENGTH[self.level] if length is None else length
+
+    def _context(self, prime: str) -> tuple[list[int], list[int]]:
+        """The ids to start from (a line break, then the prime) and the prime's own ids."""
         prime_ids = self.encode(prime, where="prime").tolist() if prime else []
         if self.level == "word" and prime and not prime.endswith("\n"):
             prime_ids = prime_ids[:-1]  # the <eos> that tokenising gives the last line
         start = EOS if self.level == "word" else "\n"
         context = ([self.vocab.index[start]] if start in self.vocab else []) + prime_ids
-        context = context or [0]  # no line break in the vocabulary: its most frequent token
-        pieces = generate.Detokenizer(self.level)
-        for token in self.vocab.decode(prime_ids):
-            yield pieces.text_of(token)
-        for next_id in generate.sample_ids(self.model, context, length, temperature, top_k,
-                                           generator):
-            yield pieces.text_of(self.vocab.tokens[next_id])
+        return context or [0], prime_ids  # no line break known: its most frequent token
 
-    def sample(self, prime: str = "", length: int | None = None, temperature: float = 1.0,
-               top_k: int | None = None, seed: int | None = None,
-               on_text: Callable[[str], object] | None = None) -> str:
-        """The prime and `length` sampled tokens as one string; `on_text` sees each piece."""
-        out = []
-        for piece in self.generate(prime, length, temperature, top_k, seed):
-            out.append(piece)
-            if on_text is not None:
-                on_text(piece)
-        return "".join(out)
+    def _text(self, ids: Sequence[int], after: Sequence[int] = ()) -> str:
+        """The text of `ids`, spaced as if `after` came just before them."""
+        pieces = generate.Detokenizer(self.level)
+        for token in self.vocab.decode(list(after)):
+            pieces.text_of(token)
+        return "".join(pieces.text_of(token) for token in self.vocab.decode(list(ids)))
 
     def score(self, text: str, per_line: bool = False, precision: str | None = None,
               where: str = "text") -> generate.TextScore:
