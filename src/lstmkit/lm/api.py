@@ -37,6 +37,7 @@ from lstmkit.lm.data import (
     ptb_files,
 )
 from lstmkit.lm.evaluate import Perplexity, perplexity, stream_perplexity
+from lstmkit.lm.quantize import QUANTIZE, check_quantize, quantize_model
 from lstmkit.lm.runs import LoadedLM, load_lm
 from lstmkit.lm.train import TrainResult, train_language_model
 from lstmkit.reporting import Console
@@ -147,11 +148,12 @@ def train_ptb(config: LMConfig, data_dir: str | Path | None, save_path: str | Pa
 def evaluate_ptb(model_path: str | Path, data_dir: str | Path | None, split: str = "test",
                  batch_size: int | None = None, num_steps: int | None = None,
                  stream: bool = False, device: str = "auto",
-                 precision: str | None = None) -> Perplexity:
+                 precision: str | None = None, quantize: str | None = None) -> Perplexity:
     """Perplexity of a saved model on one PTB split (no training data needed but that file).
 
     The fast shape is the model's evaluation shape unless `batch_size`/`num_steps` are given;
-    `stream` is the tutorial's one unbroken stream (batch 1).
+    `stream` is the tutorial's one unbroken stream (batch 1); `quantize` "int8" evaluates the
+    model with int8 recurrent and output layers (CPU).
     """
     for name, value in (("batch_size", batch_size), ("num_steps", num_steps)):
         flag = f"--{name.replace('_', '-')}"
@@ -160,20 +162,23 @@ def evaluate_ptb(model_path: str | Path, data_dir: str | Path | None, split: str
         if value is not None and stream:
             raise UserError(f"{flag} sets the fast shape; --stream is always one row (give "
                             f"one of them)")
-    loaded = load_lm(model_path, resolve_device(device))
+    device_used = resolve_device("cpu" if quantize and device == "auto" else device)
+    check_quantize(quantize, device_used, precision)
+    loaded = load_lm(model_path, device_used)
+    model = quantize_model(loaded.model, quantize)
     ids = encode_file(loaded.vocab, ptb_files(data_dir)[f"{split}_file"], loaded.level)
-    precision = precision or saved_precision(loaded.config.precision)
-    check_precision(precision, next(loaded.model.parameters()).device)
+    precision = "fp32" if quantize else precision or saved_precision(loaded.config.precision)
+    check_precision(precision, device_used)
     if stream:
-        return stream_perplexity(loaded.model, ids, precision)
-    return perplexity(loaded.model, ids, batch_size or loaded.config.eval_batch_size,
+        return stream_perplexity(model, ids, precision)
+    return perplexity(model, ids, batch_size or loaded.config.eval_batch_size,
                       num_steps or loaded.config.eval_num_steps, precision)
 
 
 DEFAULT_SAMPLE_LENGTH = {"char": 500, "word": 100}
 
 
-__all__ += ["BeamText"]
+__all__ += ["QUANTIZE", "BeamText"]
 
 
 @dataclass(frozen=True)
@@ -203,9 +208,10 @@ class LanguageModelRun:
     >>> run.score("To be, or not to be, that is the question.").perplexity
     """
 
-    def __init__(self, loaded: LoadedLM) -> None:
+    def __init__(self, loaded: LoadedLM, quantize: str | None = None) -> None:
         self.loaded = loaded
-        self.model = loaded.model.eval()
+        self.quantize = quantize
+        self.model = quantize_model(loaded.model.eval(), quantize)
         self.vocab = loaded.vocab
         self.config = loaded.config
         self.level = loaded.level
@@ -341,7 +347,8 @@ class LanguageModelRun:
         Equals `evaluate --stream` on the same text; with `per_line`, each line's share too.
         """
         ids, line_lengths = encode_text(self.vocab, text, self.level, where)
-        precision = precision or saved_precision(self.config.precision)
+        check_quantize(self.quantize, next(self.model.parameters()).device, precision)
+        precision = "fp32" if self.quantize else precision or saved_precision(self.config.precision)
         check_precision(precision, next(self.model.parameters()).device)
         if ids.numel() < 2:
             raise UserError(f"{where}: {ids.numel()} token(s) are too few to score (the first "
@@ -354,6 +361,10 @@ class LanguageModelRun:
         return self.score(read_text(path), per_line, precision, where=str(path))
 
 
-def load(path: str | Path, device: str = "cpu") -> LanguageModelRun:
-    """A saved language model (run directory or checkpoint file), ready to sample and score."""
-    return LanguageModelRun(load_lm(path, resolve_device(device)))
+def load(path: str | Path, device: str = "cpu", quantize: str | None = None
+         ) -> LanguageModelRun:
+    """A saved language model (run directory or checkpoint file), ready to sample and score;
+    `quantize` "int8" makes its recurrent and output layers int8 (CPU inference)."""
+    device_used = resolve_device("cpu" if quantize and device == "auto" else device)
+    check_quantize(quantize, device_used, None)
+    return LanguageModelRun(load_lm(path, device_used), quantize)
