@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sample(commands)
     _add_score(commands)
     _add_download(commands)
+    _add_export(commands)
+    _add_serve(commands)
     add_classify_command(commands)
     return parser
 
@@ -291,4 +293,40 @@ def _add_download(commands) -> None:
 def _download(args: argparse.Namespace) -> int:
     path = api.download_ptb(args.dest)
     print(f"PTB ready in {path} (SHA-256 verified)")
+    return 0
+
+
+def _add_export(commands) -> None:
+    p = commands.add_parser(
+        "export", help="write a saved model as ONNX (runs with onnxruntime, without torch)",
+        description="Write model.onnx (one window: ids and state in, logits and state out; "
+                    "any batch and length), vocab.json and a README.md showing how to run it "
+                    "with numpy and onnxruntime alone.")
+    p.add_argument("--model", required=True, help="run directory or checkpoint file")
+    p.add_argument("--out", required=True, metavar="DIR", help="directory to write into")
+    p.set_defaults(handler=_export)
+
+
+def _export(args: argparse.Namespace) -> int:
+    exported = api.export(args.model, args.out)
+    print(f"wrote {exported.model}, {exported.vocab.name} and {exported.readme.name} "
+          f"(state: {', '.join(exported.state_names)})")
+    return 0
+
+
+def _add_serve(commands) -> None:
+    p = commands.add_parser(
+        "serve", help="an HTTP API and a web page to sample from and score with a saved model",
+        description="Serve a saved language model over HTTP: POST /sample (streams the text as "
+                    "server-sent events), POST /score, GET /health, and a page at /.")
+    p.add_argument("--model", required=True, help="run directory or checkpoint file")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free)")
+    _add_quantize(p)
+    p.set_defaults(handler=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    api.serve(args.model, args.host, args.port, args.quantize)
     return 0

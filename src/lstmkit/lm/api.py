@@ -361,6 +361,18 @@ class LanguageModelRun:
         return self.score(read_text(path), per_line, precision, where=str(path))
 
 
+def export(model_path: str | Path, out_dir: str | Path):
+    """`lstmkit export`: model.onnx, vocab.json and a README.md (how to run it with numpy and
+    onnxruntime alone) in `out_dir`, from the checkpoint only."""
+    from lstmkit.lm.export import export_onnx  # torch.onnx loads slowly: only when exporting
+
+    try:
+        return export_onnx(model_path, out_dir)
+    except ImportError as err:
+        raise UserError(f"exporting needs the {err.name or 'onnx'} package: pip install "
+                        f"'lstmkit[export]'") from None
+
+
 def load(path: str | Path, device: str = "cpu", quantize: str | None = None
          ) -> LanguageModelRun:
     """A saved language model (run directory or checkpoint file), ready to sample and score;
