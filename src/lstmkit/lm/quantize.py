@@ -33,8 +33,10 @@ def check_quantize(quantize: str | None, device: torch.device, precision: str | 
                         f"(or fp32), not {precision}")
 
 
-def quantize_model(model: nn.Module, quantize: str | None) -> nn.Module:
-    """A copy of `model` with int8 recurrent and output layers (the model itself when None)."""
+def quantize_model(model: nn.Module, quantize: str | None, recurrent: bool = True
+                   ) -> nn.Module:
+    """A copy of `model` with int8 recurrent and output layers (the model itself when None);
+    `recurrent` False leaves the recurrent layers fp32 (bench/int8.py compares both)."""
     if quantize is None:
         return model
     with torch.no_grad(), warnings.catch_warnings():
@@ -42,8 +44,8 @@ def quantize_model(model: nn.Module, quantize: str | None) -> nn.Module:
         # a dependency here); it still works and is what measured within 1% on PTB.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
-        return torch.ao.quantization.quantize_dynamic(model.eval(), _QUANTIZABLE,
-                                                      dtype=torch.qint8)
+        layers = _QUANTIZABLE if recurrent else {nn.Linear}
+        return torch.ao.quantization.quantize_dynamic(model.eval(), layers, dtype=torch.qint8)
 
 
 def is_quantized(module: nn.Module) -> bool:
