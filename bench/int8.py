@@ -45,7 +45,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1, help="1: the tutorial's stream")
     parser.add_argument("--num-steps", type=int, default=100)
     parser.add_argument("--limit", type=int, help="only the first N tokens (a quick check)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: batch-1 steps are too small to split, "
+                             "and split they wait on the busiest core of a shared machine)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     loaded = load_lm(args.model, "cpu")
     ids = encode_file(loaded.vocab, ptb_files(args.data_dir)[f"{args.split}_file"], loaded.level)

@@ -373,6 +373,19 @@ def export(model_path: str | Path, out_dir: str | Path):
                         f"'lstmkit[export]'") from None
 
 
+def serve(model_path: str | Path, host: str = "127.0.0.1", port: int = 8000,
+          quantize: str | None = None) -> None:
+    """`lstmkit serve`: the model over HTTP until interrupted (see lstmkit.lm.serve)."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise UserError(f"--port must be in 0..65535, got {port!r}")
+    try:
+        from lstmkit.lm import serve as server
+    except ImportError as err:
+        raise UserError(f"serving needs the {err.name or 'fastapi'} package: pip install "
+                        f"'lstmkit[serve]'") from None
+    server.serve(load(model_path, "cpu", quantize), host, port)
+
+
 def load(path: str | Path, device: str = "cpu", quantize: str | None = None
          ) -> LanguageModelRun:
     """A saved language model (run directory or checkpoint file), ready to sample and score;
