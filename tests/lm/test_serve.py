@@ -161,21 +161,28 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium (apt-get install chromium)")
 def test_the_page_samples_and_scores_in_headless_chromium(tmp_path):
-    run = save_tiny_run(tmp_path / "char", "char", "lstm", hidden=24, seed=3)
-    process, url = start_server(run)
-    page = (f"{url}/?prime=ROMEO:&length=300&temperature=0.8&seed=2&top_p=0.95&run=1"
-            "&text=ROMEO: a rose%0AEASTON: so sweet%0AMONTE: then%0A")
-    chromium = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
-                "--virtual-time-budget=8000", "--window-size=1200,640"]
+    sync_playwright = pytest.importorskip(
+        "playwright.sync_api", reason="playwright absent: pip install playwright").sync_playwright
+    process, url = start_server(save_tiny_run(tmp_path / "char", "char", "lstm", hidden=24))
+    address = (f"{url}/?prime=ROMEO:&length=300&temperature=0.8&seed=2&run=1"
+               "&text=ROMEO: the hat%0AMEE: as one sees%0AOE: so neat%0A")
     try:
-        dom = subprocess.run([*chromium, "--dump-dom", page], capture_output=True, text=True,
-                             timeout=120).stdout
-        assert '<pre id="output">ROMEO:' in dom, "the sample streamed into the page"
-        assert "tokens scored" in dom and dom.count("<tr>") == 4, "the score table has 3 lines"
-        screenshot = REPO / "docs" / "serve.png"
-        screenshot.parent.mkdir(exist_ok=True)
-        subprocess.run([*chromium, f"--screenshot={screenshot}", page], capture_output=True,
-                       timeout=120, check=True)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM,
+                                                 args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1200, "height": 640})
+            page.goto(address)
+            # The page runs both forms from the address; wait for the whole stream.
+            page.wait_for_function("document.getElementById('output').textContent.length"
+                                   " >= 306 && !document.getElementById('sample').disabled",
+                                   timeout=60_000)
+            page.wait_for_selector("#lines tr >> nth=3", timeout=60_000)
+            assert page.text_content("#output").startswith("ROMEO:")
+            assert "tokens scored" in page.text_content("#total")
+            screenshot = REPO / "docs" / "serve.png"
+            screenshot.parent.mkdir(exist_ok=True)
+            page.screenshot(path=str(screenshot))
+            browser.close()
         assert screenshot.stat().st_size > 10_000
     finally:
         process.kill()
