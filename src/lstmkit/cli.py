@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sample(commands)
     _add_score(commands)
     _add_download(commands)
+    _add_export(commands)
+    _add_serve(commands)
     add_classify_command(commands)
     return parser
 
@@ -158,13 +160,15 @@ def _add_evaluate(commands) -> None:
     p.add_argument("--num-steps", type=int, help="window length (default: the model's)")
     p.add_argument("--device", default="auto", choices=api.DEVICES)
     p.add_argument("--precision", choices=api.PRECISIONS)
+    _add_quantize(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=_evaluate)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     result = api.evaluate_ptb(args.model, args.data_dir, args.split, args.batch_size,
-                              args.num_steps, args.stream, args.device, args.precision)
+                              args.num_steps, args.stream, args.device, args.precision,
+                              args.quantize)
     if args.json:
         print(json.dumps({"split": args.split, "perplexity": result.value,
                           "nll": result.nll, "tokens": result.tokens, "shape": result.shape}))
@@ -187,19 +191,61 @@ def _add_sample(commands) -> None:
                    help="below 1: safer, above 1: wilder; 0: always the most likely (default 1)")
     p.add_argument("--top-k", type=int, metavar="K", help="draw only from the K most likely")
     p.add_argument("--seed", type=int, help="same seed, same text (default: random)")
+    p.add_argument("--top-p", type=float, metavar="P",
+                   help="draw only from the fewest most likely tokens whose probability "
+                        "reaches P (nucleus sampling)")
+    p.add_argument("--num-samples", type=int, metavar="K",
+                   help="K samples drawn together (one seed gives the same K), each printed "
+                        "when done")
+    p.add_argument("--beam", type=int, metavar="N",
+                   help="beam search instead of sampling: the N most likely texts by "
+                        "log-probability per token")
+    p.add_argument("--stop-at", metavar="STOP",
+                   help="end a text early: eos (end of a sentence; char models: an empty line), "
+                        "newline, or any other string (printed)")
+    _add_quantize(p)
     p.set_defaults(handler=_sample)
 
 
+def _add_quantize(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quantize", choices=api.QUANTIZE,
+                   help="int8: weights of the recurrent and output layers in 8 bits, for "
+                        "faster CPU inference (CPU only)")
+
+
 def _sample(args: argparse.Namespace) -> int:
-    run = api.load(args.model)
+    run = api.load(args.model, quantize=args.quantize)
+    if args.beam is not None or args.num_samples is not None:
+        return _print_texts(run, args)
     ended_line = True
-    for piece in run.generate(args.prime, args.length, args.temperature, args.top_k, args.seed):
+    for piece in run.generate(args.prime, args.length, args.temperature, args.top_k, args.seed,
+                              args.top_p, args.stop_at):
         sys.stdout.write(piece)
         sys.stdout.flush()  # a closed pipe (`| head`) ends the command in `main`
         ended_line = piece.endswith("\n") if piece else ended_line
     if not ended_line:
         sys.stdout.write("\n")
         sys.stdout.flush()
+    return 0
+
+
+def _print_texts(run: api.LanguageModelRun, args: argparse.Namespace) -> int:
+    """--beam and --num-samples: each text under a header line, once all are done."""
+    if args.beam is not None:
+        if args.num_samples is not None:
+            raise UserError("--beam gives the best N texts and --num-samples K random ones "
+                            "(give one of them)")
+        found = run.beam_search(args.prime, args.length, args.beam, args.stop_at)
+        headers = [f"=== beam {i}/{len(found)}: log-prob {b.logprob:.4f} nats, "
+                   f"{b.score:.4f} per token ===" for i, b in enumerate(found, start=1)]
+        texts = [b.text for b in found]
+    else:
+        texts = run.sample(args.prime, args.length, args.temperature, args.top_k, args.seed,
+                           top_p=args.top_p, stop_at=args.stop_at, num_samples=args.num_samples)
+        headers = [f"=== sample {i}/{len(texts)} ===" for i in range(1, len(texts) + 1)]
+    for header, text in zip(headers, texts, strict=True):
+        print(header)
+        print(text, end="" if text.endswith("\n") else "\n", flush=True)
     return 0
 
 
@@ -216,11 +262,12 @@ def _add_score(commands) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--device", default="auto", choices=api.DEVICES)
     p.add_argument("--precision", choices=api.PRECISIONS)
+    _add_quantize(p)
     p.set_defaults(handler=_score)
 
 
 def _score(args: argparse.Namespace) -> int:
-    run = api.load(args.model, args.device)
+    run = api.load(args.model, args.device, args.quantize)
     if args.file == "-":
         try:
             text = sys.stdin.buffer.read().decode("utf-8")
@@ -255,4 +302,40 @@ def _add_download(commands) -> None:
 def _download(args: argparse.Namespace) -> int:
     path = api.download_ptb(args.dest)
     print(f"PTB ready in {path} (SHA-256 verified)")
+    return 0
+
+
+def _add_export(commands) -> None:
+    p = commands.add_parser(
+        "export", help="write a saved model as ONNX (runs with onnxruntime, without torch)",
+        description="Write model.onnx (one window: ids and state in, logits and state out; "
+                    "any batch and length), vocab.json and a README.md showing how to run it "
+                    "with numpy and onnxruntime alone.")
+    p.add_argument("--model", required=True, help="run directory or checkpoint file")
+    p.add_argument("--out", required=True, metavar="DIR", help="directory to write into")
+    p.set_defaults(handler=_export)
+
+
+def _export(args: argparse.Namespace) -> int:
+    exported = api.export(args.model, args.out)
+    print(f"wrote {exported.model}, {exported.vocab.name} and {exported.readme.name} "
+          f"(state: {', '.join(exported.state_names)})")
+    return 0
+
+
+def _add_serve(commands) -> None:
+    p = commands.add_parser(
+        "serve", help="an HTTP API and a web page to sample from and score with a saved model",
+        description="Serve a saved language model over HTTP: POST /sample (streams the text as "
+                    "server-sent events), POST /score, GET /health, and a page at /.")
+    p.add_argument("--model", required=True, help="run directory or checkpoint file")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free)")
+    _add_quantize(p)
+    p.set_defaults(handler=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    api.serve(args.model, args.host, args.port, args.quantize)
     return 0

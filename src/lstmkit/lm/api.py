@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from lstmkit.lm.data import (
     ptb_files,
 )
 from lstmkit.lm.evaluate import Perplexity, perplexity, stream_perplexity
+from lstmkit.lm.quantize import QUANTIZE, check_quantize, quantize_model
 from lstmkit.lm.runs import LoadedLM, load_lm
 from lstmkit.lm.train import TrainResult, train_language_model
 from lstmkit.reporting import Console
@@ -151,11 +152,12 @@ def train_ptb(config: LMConfig, data_dir: str | Path | None, save_path: str | Pa
 def evaluate_ptb(model_path: str | Path, data_dir: str | Path | None, split: str = "test",
                  batch_size: int | None = None, num_steps: int | None = None,
                  stream: bool = False, device: str = "auto",
-                 precision: str | None = None) -> Perplexity:
+                 precision: str | None = None, quantize: str | None = None) -> Perplexity:
     """Perplexity of a saved model on one PTB split (no training data needed but that file).
 
     The fast shape is the model's evaluation shape unless `batch_size`/`num_steps` are given;
-    `stream` is the tutorial's one unbroken stream (batch 1).
+    `stream` is the tutorial's one unbroken stream (batch 1); `quantize` "int8" evaluates the
+    model with int8 recurrent and output layers (CPU).
     """
     for name, value in (("batch_size", batch_size), ("num_steps", num_steps)):
         flag = f"--{name.replace('_', '-')}"
@@ -164,17 +166,42 @@ def evaluate_ptb(model_path: str | Path, data_dir: str | Path | None, split: str
         if value is not None and stream:
             raise UserError(f"{flag} sets the fast shape; --stream is always one row (give "
                             f"one of them)")
-    loaded = load_lm(model_path, resolve_device(device))
+    device_used = resolve_device("cpu" if quantize and device == "auto" else device)
+    check_quantize(quantize, device_used, precision)
+    loaded = load_lm(model_path, device_used)
+    model = quantize_model(loaded.model, quantize)
     ids = encode_file(loaded.vocab, ptb_files(data_dir)[f"{split}_file"], loaded.level)
-    precision = precision or saved_precision(loaded.config.precision)
-    check_precision(precision, next(loaded.model.parameters()).device)
+    precision = "fp32" if quantize else precision or saved_precision(loaded.config.precision)
+    check_precision(precision, device_used)
     if stream:
-        return stream_perplexity(loaded.model, ids, precision)
-    return perplexity(loaded.model, ids, batch_size or loaded.config.eval_batch_size,
+        return stream_perplexity(model, ids, precision)
+    return perplexity(model, ids, batch_size or loaded.config.eval_batch_size,
                       num_steps or loaded.config.eval_num_steps, precision)
 
 
 DEFAULT_SAMPLE_LENGTH = {"char": 500, "word": 100}
+
+
+__all__ += ["QUANTIZE", "BeamText"]
+
+
+@dataclass(frozen=True)
+class BeamText:
+    """One beam-search result: the prime, the continuation, and the continuation's
+    log-probability (nats) over its `tokens` tokens."""
+    prime: str
+    continuation: str
+    logprob: float
+    tokens: int
+
+    @property
+    def text(self) -> str:
+        return self.prime + self.continuation
+
+    @property
+    def score(self) -> float:
+        """Log-probability per token: what the beams are ranked by."""
+        return self.logprob / self.tokens if self.tokens else 0.0
 
 
 class LanguageModelRun:
@@ -185,9 +212,10 @@ class LanguageModelRun:
     >>> run.score("To be, or not to be, that is the question.").perplexity
     """
 
-    def __init__(self, loaded: LoadedLM) -> None:
+    def __init__(self, loaded: LoadedLM, quantize: str | None = None) -> None:
         self.loaded = loaded
-        self.model = loaded.model.eval()
+        self.quantize = quantize
+        self.model = quantize_model(loaded.model.eval(), quantize)
         self.vocab = loaded.vocab
         self.config = loaded.config
         self.level = loaded.level
@@ -197,42 +225,124 @@ class LanguageModelRun:
         return encode_text(self.vocab, text, self.level, where)[0]
 
     def generate(self, prime: str = "", length: int | None = None, temperature: float = 1.0,
-                 top_k: int | None = None, seed: int | None = None) -> Iterator[str]:
+                 top_k: int | None = None, seed: int | None = None, top_p: float | None = None,
+                 stop_at: str | None = None) -> Iterator[str]:
         """Yield the text piece by piece: first the prime, then each token as it is drawn.
 
         `length` tokens are drawn (default: 500 characters or 100 words); temperature 0 is
-        greedy; `top_k` keeps only the k most likely tokens; the same `seed` gives the same text.
+        greedy; `top_k` keeps only the k most likely tokens and `top_p` the fewest most likely
+        whose probability reaches p; the same `seed` gives the same text. `stop_at` ends the
+        sample early: "eos" (end of a sentence; for char models an empty line), "newline", or
+        any string (the token that completes it is the last).
 
         Words are joined by spaces and <eos> becomes a line break; characters are as they are.
         Sampling starts after a line break (<eos>, or a newline for char models) so a prime, or
         the first token, begins a line as in the training text.
         """
-        length = DEFAULT_SAMPLE_LENGTH[self.level] if length is None else length
-        generate.check_sampling(length, temperature, top_k)
+        for _, piece in self.generate_samples(prime, length, temperature, top_k, seed, top_p,
+                                              stop_at, num_samples=1):
+            yield piece
+
+    def generate_samples(self, prime: str = "", length: int | None = None,
+                         temperature: float = 1.0, top_k: int | None = None,
+                         seed: int | None = None, top_p: float | None = None,
+                         stop_at: str | None = None, num_samples: int = 1
+                         ) -> Iterator[tuple[int, str]]:
+        """`generate` for `num_samples` samples drawn together: yields (sample index, piece).
+
+        Each sample's prime comes first, then every step gives one piece per sample still
+        going. One seed gives the same samples.
+        """
+        length = self._length(length)
+        generate.check_sampling(length, temperature, top_k, top_p)
+        generate.check_count("num_samples", num_samples)
+        stop = generate.stop_text(stop_at, self.level)
         generator = generate.make_generator(seed)
+        context, prime_ids = self._context(prime)
+        pieces = [generate.Detokenizer(self.level) for _ in range(num_samples)]
+        watches = [generate.StopWatch(stop) for _ in range(num_samples)]
+        for index, detokenizer in enumerate(pieces):
+            for token in self.vocab.decode(prime_ids):
+                yield index, detokenizer.text_of(token)
+        going = [True] * num_samples
+        for step_ids in generate.sample_batch_ids(self.model, context, length, num_samples,
+                                                  temperature, top_k, generator, top_p):
+            for index, next_id in enumerate(step_ids.tolist()):
+                if going[index]:
+                    piece = pieces[index].text_of(self.vocab.tokens[next_id])
+                    going[index] = not watches[index].add(piece)
+                    yield index, piece
+            if not any(going):
+                return
+
+    def beam_search(self, prime: str = "", length: int | None = None, beam: int = 4,
+                    stop_at: str | None = None) -> list[BeamText]:
+        """The `beam` most likely continuations of `prime` (at most `length` tokens), best
+        first, ranked by log-probability per token; `stop_at` as in `generate`.
+
+        A continuation's `logprob` is that of its tokens after the line break and the prime,
+        so it equals `score` of a line break, the prime and the continuation, less the prime's
+        part.
+        """
+        length = self._length(length)
+        stop = generate.stop_text(stop_at, self.level)
+        context, prime_ids = self._context(prime)
+
+        def reached_stop(ids: tuple[int, ...]) -> bool:
+            return stop is not None and stop in self._text(ids)
+
+        found = generate.beam_search(self.model, context, length, beam,
+                                     reached_stop if stop is not None else None)
+        prime_text = self._text(tuple(prime_ids))
+        return [BeamText(prime_text, self._text(h.ids, after=prime_ids), h.logprob, len(h.ids))
+                for h in found]
+
+    def sample(self, prime: str = "", length: int | None = None, temperature: float = 1.0,
+               top_k: int | None = None, seed: int | None = None,
+               on_text: Callable[[str], object] | None = None, *, top_p: float | None = None,
+               stop_at: str | None = None, num_samples: int | None = None,
+               beam: int | None = None) -> str | list[str]:
+        """The prime and `length` sampled tokens as one string; `on_text` sees each piece.
+
+        With `num_samples` K: a list of K such strings, drawn together. With `beam` N: the N
+        best beam-search texts (temperature, top-k, top-p and seed play no part).
+        """
+        if beam is not None:
+            if num_samples is not None:
+                raise UserError("beam search returns the best --beam texts; --num-samples is "
+                                "for random samples (give one of them)")
+            return [found.text for found in self.beam_search(prime, length, beam, stop_at)]
+        if num_samples is not None:
+            texts = [""] * num_samples if isinstance(num_samples, int) else []
+            for index, piece in self.generate_samples(prime, length, temperature, top_k, seed,
+                                                      top_p, stop_at, num_samples):
+                texts[index] += piece
+            return texts
+        out = []
+        for piece in self.generate(prime, length, temperature, top_k, seed, top_p, stop_at):
+            out.append(piece)
+            if on_text is not None:
+                on_text(piece)
+        return "".join(out)
+
+    def _length(self, length: int | None) -> int:
+        return DEFAULT_SAMPLE_LENGTH[self.level] if length is None else length
+
+    def _context(self, prime: str) -> tuple[list[int], list[int]]:
+        """The ids to start from (a line break, then the prime) and the prime's own ids."""
         prime_ids = self.encode(prime, where="prime").tolist() if prime else []
         if self.level == "word" and prime and not prime.endswith("\n"):
             prime_ids = prime_ids[:-1]  # the <eos> that tokenising gives the last line
         start = EOS if self.level == "word" else "\n"
         context = ([self.vocab.index[start]] if start in self.vocab else []) + prime_ids
-        context = context or [0]  # no line break in the vocabulary: its most frequent token
-        pieces = generate.Detokenizer(self.level)
-        for token in self.vocab.decode(prime_ids):
-            yield pieces.text_of(token)
-        for next_id in generate.sample_ids(self.model, context, length, temperature, top_k,
-                                           generator):
-            yield pieces.text_of(self.vocab.tokens[next_id])
+        return context or [0], prime_ids  # no line break known: its most frequent token
 
-    def sample(self, prime: str = "", length: int | None = None, temperature: float = 1.0,
-               top_k: int | None = None, seed: int | None = None,
-               on_text: Callable[[str], object] | None = None) -> str:
-        """The prime and `length` sampled tokens as one string; `on_text` sees each piece."""
-        out = []
-        for piece in self.generate(prime, length, temperature, top_k, seed):
-            out.append(piece)
-            if on_text is not None:
-                on_text(piece)
-        return "".join(out)
+    def _text(self, ids: Sequence[int], after: Sequence[int] = ()) -> str:
+        """The text of `ids`, spaced as if `after` came just before them."""
+        pieces = generate.Detokenizer(self.level)
+        for token in self.vocab.decode(list(after)):
+            pieces.text_of(token)
+        return "".join(pieces.text_of(token) for token in self.vocab.decode(list(ids)))
 
     def score(self, text: str, per_line: bool = False, precision: str | None = None,
               where: str = "text") -> generate.TextScore:
@@ -241,7 +351,8 @@ class LanguageModelRun:
         Equals `evaluate --stream` on the same text; with `per_line`, each line's share too.
         """
         ids, line_lengths = encode_text(self.vocab, text, self.level, where)
-        precision = precision or saved_precision(self.config.precision)
+        check_quantize(self.quantize, next(self.model.parameters()).device, precision)
+        precision = "fp32" if self.quantize else precision or saved_precision(self.config.precision)
         check_precision(precision, next(self.model.parameters()).device)
         if ids.numel() < 2:
             raise UserError(f"{where}: {ids.numel()} token(s) are too few to score (the first "
@@ -254,6 +365,35 @@ class LanguageModelRun:
         return self.score(read_text(path), per_line, precision, where=str(path))
 
 
-def load(path: str | Path, device: str = "cpu") -> LanguageModelRun:
-    """A saved language model (run directory or checkpoint file), ready to sample and score."""
-    return LanguageModelRun(load_lm(path, resolve_device(device)))
+def export(model_path: str | Path, out_dir: str | Path):
+    """`lstmkit export`: model.onnx, vocab.json and a README.md (how to run it with numpy and
+    onnxruntime alone) in `out_dir`, from the checkpoint only."""
+    from lstmkit.lm.export import export_onnx  # torch.onnx loads slowly: only when exporting
+
+    try:
+        return export_onnx(model_path, out_dir)
+    except ImportError as err:
+        raise UserError(f"exporting needs the {err.name or 'onnx'} package: pip install "
+                        f"'lstmkit[export]'") from None
+
+
+def serve(model_path: str | Path, host: str = "127.0.0.1", port: int = 8000,
+          quantize: str | None = None) -> None:
+    """`lstmkit serve`: the model over HTTP until interrupted (see lstmkit.lm.serve)."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise UserError(f"--port must be in 0..65535, got {port!r}")
+    try:
+        from lstmkit.lm import serve as server
+    except ImportError as err:
+        raise UserError(f"serving needs the {err.name or 'fastapi'} package: pip install "
+                        f"'lstmkit[serve]'") from None
+    server.serve(load(model_path, "cpu", quantize), host, port)
+
+
+def load(path: str | Path, device: str = "cpu", quantize: str | None = None
+         ) -> LanguageModelRun:
+    """A saved language model (run directory or checkpoint file), ready to sample and score;
+    `quantize` "int8" makes its recurrent and output layers int8 (CPU inference)."""
+    device_used = resolve_device("cpu" if quantize and device == "auto" else device)
+    check_quantize(quantize, device_used, None)
+    return LanguageModelRun(load_lm(path, device_used), quantize)

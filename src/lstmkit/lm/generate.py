@@ -8,7 +8,12 @@ Sampling (char-rnn style), one token at a time, batch 1:
         -> yield the id -> feed it back (state carried)
 
 Temperature 0 takes the argmax (greedy decoding, no randomness); the same generator seed gives
-the same tokens. Scoring is the evaluator's batch-1 stream (evaluate.stream_perplexity): token
+the same tokens. `top_p` (nucleus sampling) keeps the smallest set of most likely tokens whose
+probability reaches p. Several samples are drawn as rows of one batch, so one seed gives the
+same K texts. Beam search keeps the `beam` most likely continuations and ranks them by
+log-probability per token (length-normalised), so continuations that stop early compete fairly.
+
+Scoring is the evaluator's batch-1 stream (evaluate.stream_perplexity): token
 0 is context only, every later token is predicted from all before it, so the summed NLL of a
 file equals `lstmkit evaluate --stream` on it.
 """
@@ -16,7 +21,7 @@ file equals `lstmkit evaluate --stream` on it.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +36,8 @@ from lstmkit.lm.evaluate import STREAM_NUM_STEPS
 from lstmkit.vocab import EOS
 
 
-def check_sampling(length: int, temperature: float, top_k: int | None) -> None:
+def check_sampling(length: int, temperature: float, top_k: int | None,
+                   top_p: float | None = None) -> None:
     if isinstance(length, bool) or not isinstance(length, int) or length < 0:
         raise UserError(f"sample length must be an integer >= 0, got {length!r}")
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
@@ -40,6 +46,15 @@ def check_sampling(length: int, temperature: float, top_k: int | None) -> None:
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int)
                               or top_k < 1):
         raise UserError(f"top-k must be an integer >= 1, got {top_k!r}")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))
+                              or not 0 < top_p <= 1):
+        raise UserError(f"top-p must be a number in (0, 1], got {top_p!r}")
+
+
+def check_count(what: str, value: int) -> None:
+    """`num_samples` and `beam`: how many texts to return, a whole number >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"{what} must be an integer >= 1, got {value!r}")
 
 
 def make_generator(seed: int | None) -> torch.Generator:
@@ -54,18 +69,74 @@ def make_generator(seed: int | None) -> torch.Generator:
 
 
 def choose_next(logits: torch.Tensor, temperature: float, top_k: int | None,
-                generator: torch.Generator) -> int:
+                generator: torch.Generator, top_p: float | None = None) -> int:
     """Pick the next id from `logits` [V] (on the CPU, float)."""
+    return int(choose_next_batch(logits.unsqueeze(0), temperature, top_k, generator, top_p)[0])
+
+
+def choose_next_batch(logits: torch.Tensor, temperature: float, top_k: int | None,
+                      generator: torch.Generator, top_p: float | None = None) -> torch.Tensor:
+    """Pick one id per row of `logits` [K, V] (on the CPU, float): [K] ids."""
     if temperature == 0:
-        return int(torch.argmax(logits))
+        return torch.argmax(logits, dim=1)
     scaled = logits.double() / temperature  # double: logits / 1e-30 is still finite
-    if top_k is not None and top_k < scaled.numel():
+    if top_k is not None and top_k < scaled.size(1):
         # Exactly k survive, even when logits tie at the k-th value.
-        kept = torch.topk(scaled, top_k).indices
+        kept = torch.topk(scaled, top_k, dim=1).indices
         mask = torch.full_like(scaled, -math.inf)
-        scaled = mask.scatter(0, kept, scaled[kept])
-    probs = torch.softmax(scaled, dim=0)
-    return int(torch.multinomial(probs, 1, generator=generator))
+        scaled = mask.scatter(1, kept, scaled.gather(1, kept))
+    probs = torch.softmax(scaled, dim=1)
+    if top_p is not None and top_p < 1:
+        probs = probs * nucleus_mask(probs, top_p)  # multinomial renormalises
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+def nucleus_mask(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """[..., V] bool: the smallest set of most likely tokens whose probability reaches `top_p`.
+
+    A token is kept when the mass of the tokens more likely than it is still short of p, so
+    the token that crosses p is in and the most likely token always is.
+    """
+    sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
+    mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
+    keep_sorted = mass_before < top_p
+    return torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+
+
+STOP_NAMES = ("eos", "newline")
+
+
+def stop_text(stop_at: str | None, level: str) -> str | None:
+    """The text that ends a sample: `newline` a line break; `eos` the end of a sentence (<eos>,
+    written as a line break, for word models; an empty line, the end of a speech or paragraph,
+    for char models); anything else is that string itself."""
+    if stop_at is None:
+        return None
+    if not isinstance(stop_at, str) or not stop_at:
+        raise UserError(f"stop-at must be eos, newline or a non-empty string, got {stop_at!r}")
+    if stop_at == "newline":
+        return "\n"
+    if stop_at == "eos":
+        return "\n" if level == "word" else "\n\n"
+    return stop_at
+
+
+class StopWatch:
+    """Follows one sample's text and says when it has just come to contain the stop text."""
+
+    def __init__(self, stop: str | None) -> None:
+        self.stop = stop
+        self.text = ""
+
+    def add(self, piece: str) -> bool:
+        """Take the next piece; True when the text now holds the stop (the piece completes it)."""
+        if self.stop is None:
+            return False
+        # Only the new piece and the few characters before it can complete the stop.
+        tail = self.text[max(0, len(self.text) - len(self.stop) + 1):] if len(self.stop) > 1 \
+            else ""
+        self.text += piece
+        return self.stop in tail + piece
 
 
 class Detokenizer:
@@ -86,12 +157,23 @@ class Detokenizer:
         return text
 
 
-@torch.no_grad()
 def sample_ids(model, context: Sequence[int], length: int, temperature: float = 1.0,
-               top_k: int | None = None, generator: torch.Generator | None = None
-               ) -> Iterator[int]:
+               top_k: int | None = None, generator: torch.Generator | None = None,
+               top_p: float | None = None) -> Iterator[int]:
     """Yield `length` ids drawn after `context` (at least one id), as they are drawn."""
-    check_sampling(length, temperature, top_k)
+    for ids in sample_batch_ids(model, context, length, 1, temperature, top_k, generator, top_p):
+        yield int(ids[0])
+
+
+@torch.no_grad()
+def sample_batch_ids(model, context: Sequence[int], length: int, num_samples: int,
+                     temperature: float = 1.0, top_k: int | None = None,
+                     generator: torch.Generator | None = None, top_p: float | None = None
+                     ) -> Iterator[torch.Tensor]:
+    """Yield `length` steps of [num_samples] ids, each row an independent sample after
+    `context`; the rows share one forward pass per step."""
+    check_sampling(length, temperature, top_k, top_p)
+    check_count("num_samples", num_samples)
     if not context:
         raise ValueError("sampling needs at least one context id")
     generator = generator if generator is not None else make_generator(None)
@@ -99,15 +181,99 @@ def sample_ids(model, context: Sequence[int], length: int, temperature: float = 
     model.eval()
     device = next(model.parameters()).device
     try:
-        state = model.zero_state(1)
-        ids = torch.as_tensor(list(context), dtype=torch.long, device=device).view(1, -1)
-        logits, state = model(ids, state)  # [1, T, V]
+        logits, state = _read_context(model, context, device)
+        logits = logits.expand(num_samples, -1)
+        state = tuple(s.expand(-1, num_samples, -1).contiguous() for s in state)
         for _ in range(length):
-            next_id = choose_next(logits[0, -1].float().cpu(), temperature, top_k, generator)
-            yield next_id
-            logits, state = model(torch.tensor([[next_id]], device=device), state)
+            next_ids = choose_next_batch(logits.float().cpu(), temperature, top_k, generator,
+                                         top_p)
+            yield next_ids
+            out, state = model(next_ids.view(-1, 1).to(device), state)
+            logits = out[:, -1]
     finally:
         model.train(was_training)
+
+
+def _read_context(model, context: Sequence[int], device: torch.device
+                  ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """Logits of the token after `context` [1, V] and the state after it."""
+    ids = torch.as_tensor(list(context), dtype=torch.long, device=device).view(1, -1)
+    logits, state = model(ids, model.zero_state(1))
+    return logits[:, -1], state
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """A beam-search continuation: its ids and their summed log-probability (nats)."""
+    ids: tuple[int, ...]
+    logprob: float
+
+    @property
+    def score(self) -> float:
+        """Log-probability per token: the length-normalised rank of a hypothesis."""
+        return self.logprob / len(self.ids) if self.ids else 0.0
+
+
+@torch.no_grad()
+def beam_search(model, context: Sequence[int], length: int, beam: int,
+                finished: Callable[[tuple[int, ...]], bool] | None = None
+                ) -> list[Hypothesis]:
+    """The `beam` best continuations of `context`, at most `length` tokens, best first.
+
+    Each step extends the live hypotheses by every token and keeps the `beam` most likely.
+    One that `finished` accepts (it reached a stop) leaves the beam; at the end, the finished
+    and the live are ranked together by log-probability per token. With beam 1 and no stop
+    this is greedy decoding.
+    """
+    check_sampling(length, 0.0, None)
+    check_count("beam", beam)
+    if not context:
+        raise ValueError("beam search needs at least one context id")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        logits, state = _read_context(model, context, device)
+        live = [Hypothesis((), 0.0)]
+        done: list[Hypothesis] = []
+        for _ in range(length):
+            live, rows = _extend_beam(live, logits, beam, finished, done)
+            if not live:
+                break
+            picked = torch.as_tensor(rows, dtype=torch.long, device=device)
+            state = tuple(s.index_select(1, picked) for s in state)
+            last = torch.tensor([[h.ids[-1]] for h in live], dtype=torch.long, device=device)
+            out, state = model(last, state)
+            logits = out[:, -1]
+    finally:
+        model.train(was_training)
+    return sorted(done + live, key=lambda h: h.score, reverse=True)[:beam]
+
+
+def _extend_beam(live: list[Hypothesis], logits: torch.Tensor, beam: int,
+                 finished: Callable[[tuple[int, ...]], bool] | None, done: list[Hypothesis]
+                 ) -> tuple[list[Hypothesis], list[int]]:
+    """The next live hypotheses and, for each, the row of `live` it extends; those that
+    finish go to `done`. 2 x beam candidates are looked at so finishing ones do not leave
+    the beam short."""
+    logp = F.log_softmax(logits.double().cpu(), dim=1)  # [len(live), V]
+    totals = torch.tensor([h.logprob for h in live], dtype=torch.float64).unsqueeze(1) + logp
+    count = min(2 * beam, totals.numel())
+    best = torch.topk(totals.view(-1), count)
+    vocab_size = logp.size(1)
+    next_live: list[Hypothesis] = []
+    rows: list[int] = []
+    for total, flat in zip(best.values.tolist(), best.indices.tolist(), strict=True):
+        row, token = divmod(flat, vocab_size)
+        hypothesis = Hypothesis((*live[row].ids, token), total)
+        if finished is not None and finished(hypothesis.ids):
+            done.append(hypothesis)
+        elif len(next_live) < beam:
+            next_live.append(hypothesis)
+            rows.append(row)
+        if len(next_live) == beam:
+            break
+    return next_live, rows
 
 
 @torch.no_grad()

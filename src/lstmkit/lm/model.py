@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lstmkit.lm.config import LMConfig
@@ -56,7 +57,7 @@ class LanguageModel(nn.Module):
         init_recurrent_(self.rnn, init_scale, forget_bias)
 
     def zero_state(self, batch_size: int) -> State:
-        weight = self.decoder.weight
+        weight = self.embedding.weight  # never quantised (lm.quantize), unlike the decoder
         return zero_state(self.rnn, batch_size, weight.device, weight.dtype)
 
     def hidden(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
@@ -73,6 +74,10 @@ class LanguageModel(nn.Module):
                    ) -> tuple[torch.Tensor, State]:
         """Summed negative log-likelihood of `targets` [B, T] (a scalar) and the next state."""
         outputs, state = self.hidden(ids, state)
+        if not isinstance(self.decoder, nn.Linear):
+            # An int8 decoder (lm.quantize) keeps packed weights the fused softmax cannot read.
+            logits = self.decoder(outputs).reshape(-1, self.shape.vocab_size).float()
+            return F.cross_entropy(logits, targets.reshape(-1), reduction="sum"), state
         nll = linear_cross_entropy(outputs.reshape(-1, outputs.size(-1)), self.decoder.weight,
                                    self.decoder.bias, targets.reshape(-1))
         return nll, state

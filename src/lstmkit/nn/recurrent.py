@@ -36,7 +36,7 @@ def make_recurrent(cell: str, input_size: int, hidden_size: int, num_layers: int
 def zero_state(rnn: nn.RNNBase, batch_size: int, device: torch.device | None = None,
                dtype: torch.dtype = torch.float32) -> State:
     shape = (rnn.num_layers, batch_size, rnn.hidden_size)
-    count = 2 if isinstance(rnn, nn.LSTM) else 1
+    count = 2 if is_lstm(rnn) else 1
     return tuple(torch.zeros(shape, device=device, dtype=dtype) for _ in range(count))
 
 
@@ -84,9 +84,14 @@ def _bf16_autocast_without_native_bf16() -> bool:
     return torch.is_autocast_enabled("cpu") and not cpu_has_native_bf16()
 
 
+def is_lstm(rnn: nn.Module) -> bool:
+    """nn.LSTM or its int8 counterpart (torch.ao's dynamic LSTM is no subclass of nn.LSTM)."""
+    return getattr(rnn, "mode", None) == "LSTM"
+
+
 def _run(rnn: nn.RNNBase, inputs: torch.Tensor, state: State, lstm_impl: str
          ) -> tuple[torch.Tensor, State]:
-    if isinstance(rnn, nn.LSTM):
+    if is_lstm(rnn):
         bf16 = torch.is_autocast_enabled("cpu") and \
             torch.get_autocast_dtype("cpu") == torch.bfloat16
         training = rnn.training and torch.is_grad_enabled()
