@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lstmkit.lm.config import LMConfig
+from lstmkit.nn.dropout import Dropout
 from lstmkit.nn.recurrent import (
     State,
     init_recurrent_,
@@ -45,10 +46,10 @@ class LanguageModel(nn.Module):
         self.lstm_impl = lstm_impl  # which LSTM layer runs (nn/recurrent.py); not a parameter
         drop = 1.0 - keep_prob
         self.embedding = nn.Embedding(shape.vocab_size, shape.hidden_size)
-        self.input_dropout = nn.Dropout(drop)
+        self.input_dropout = Dropout(drop)
         self.rnn = make_recurrent(shape.cell, shape.hidden_size, shape.hidden_size,
                                   shape.num_layers, dropout=drop)
-        self.output_dropout = nn.Dropout(drop)
+        self.output_dropout = Dropout(drop)
         self.decoder = nn.Linear(shape.hidden_size, shape.vocab_size)
 
     def init_weights(self, init_scale: float, forget_bias: float = 0.0) -> None:
