@@ -4,6 +4,11 @@
 # Writes command.txt, machine.txt, train.log (stdout+stderr), wall_time.txt, and copies the
 # run's metrics.jsonl and curve.png (checkpoints stay in RUN_DIR: too big for the repo).
 #
+# A long run spans segments: a command with --resume continues the record of NAME, appending
+# its command, machine, log and wall time as "segment N" (each segment names its machine).
+# Stop a segment with Ctrl-C (SIGINT) or SIGTERM: the run keeps its last checkpoint and the
+# segment's wall time is still written.
+#
 # A record names the commit it ran from, so the tree must be that commit: a tree with changes
 # (tracked or untracked) is refused. --allow-dirty records it anyway, with the changes beside
 # the record in uncommitted.diff and machine.txt saying the tree was dirty.
@@ -79,9 +84,20 @@ write_uncommitted_diff() {
         done
 }
 
+segment=1 append=""
+if [[ " $* " == *" --resume "* && -f $out/machine.txt ]]; then
+    segment=$(( $(grep -c '^segment ' "$out/machine.txt" || true) + 1 ))
+    if (( segment == 1 )); then segment=2; fi  # a record made before segments is segment 1
+    append=1
+elif [[ -e $out ]]; then
+    echo "record-run: results/$name exists; a fresh run does not replace a record" >&2
+    exit 2
+fi
 mkdir -p "$out"
-printf '%q ' "$@" > "$out/command.txt"; echo >> "$out/command.txt"
+redirect() { if [[ -n $append ]]; then cat >> "$1"; else cat > "$1"; fi; }
+{ echo "segment $segment: $(printf '%q ' "$@")"; } | redirect "$out/command.txt"
 {
+    echo "segment $segment"
     echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "cpu: $(lscpu | sed -n 's/^Model name: *//p' | head -1)"
     echo "instruction sets: $(instruction_sets)"
@@ -90,16 +106,28 @@ printf '%q ' "$@" > "$out/command.txt"; echo >> "$out/command.txt"
     echo "memory: $(free -g | awk '/Mem:/ {print $2}') GiB"
     "$python" -c 'import platform, torch; print(f"python: {platform.python_version()}"); print(f"torch: {torch.__version__}, threads: {torch.get_num_threads()}")'
     commit_line
-} > "$out/machine.txt"
+} | redirect "$out/machine.txt"
 if [[ -n $changes ]]; then
     (cd "$root" && write_uncommitted_diff) > "$out/uncommitted.diff"
 fi
 start=$(date +%s.%N)
+finish() {
+    local status=$1 end
+    end=$(date +%s.%N)
+    "$python" -c "import sys; s=float(sys.argv[2])-float(sys.argv[1]); print(f'segment {sys.argv[4]}: wall time: {s:.0f} s ({s/60:.1f} min), exit status {sys.argv[3]}')" "$start" "$end" "$status" "$segment" | redirect "$out/wall_time.txt"
+    for f in metrics.jsonl curve.png; do
+        if [[ -f $run_dir/$f ]]; then cp "$run_dir/$f" "$out/"; fi
+    done
+}
+# Ctrl-C or SIGTERM stops the run with SIGTERM (a background job ignores SIGINT); its
+# checkpoints are written atomically, so it keeps the last one; the segment is still recorded.
+trap 'kill -TERM "$pid" 2>/dev/null; wait "$pid"; finish 130; exit 130' INT TERM
+if [[ -n $append ]]; then "$@" > >(tee -a "$out/train.log") 2>&1 & else "$@" > >(tee "$out/train.log") 2>&1 & fi
+pid=$!
 set +e
-"$@" 2>&1 | tee "$out/train.log"
-status=${PIPESTATUS[0]}
+wait "$pid"
+status=$?
 set -e
-end=$(date +%s.%N)
-"$python" -c "import sys; s=float(sys.argv[2])-float(sys.argv[1]); print(f'wall time: {s:.0f} s ({s/60:.1f} min), exit status {sys.argv[3]}')" "$start" "$end" "$status" > "$out/wall_time.txt"
-for f in metrics.jsonl curve.png; do [[ -f $run_dir/$f ]] && cp "$run_dir/$f" "$out/"; done
+trap - INT TERM
+finish "$status"
 exit "$status"

@@ -75,3 +75,40 @@ def test_a_record_names_the_cpu_and_a_clean_commit_or_keeps_the_uncommitted_diff
         kept / "machine.txt").read_text()
     diff = (kept / "uncommitted.diff").read_text()
     assert "+x = 2" in diff and "+y = 3" in diff
+
+
+def run_script(repo: Path, name: str, *command: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.run(["bash", str(repo / "scripts" / "record-run.sh"), name,
+                           str(repo / "run"), "--", *command],
+                          capture_output=True, text=True, env=env, cwd=repo, timeout=120)
+
+
+def test_a_resumed_segment_is_appended_and_a_fresh_run_never_replaces_a_record(repo):
+    assert run_script(repo, "long", "echo", "first").returncode == 0
+    assert run_script(repo, "long", "echo", "again").returncode == 2, "fresh run over a record"
+    done = run_script(repo, "long", "echo", "--resume", "second")
+    assert done.returncode == 0, done.stderr
+    out = repo / "results" / "long"
+    assert (out / "train.log").read_text() == "first\n--resume second\n"
+    machine = (out / "machine.txt").read_text()
+    assert machine.count("instruction sets: ") == 2 and "segment 2\n" in machine
+    walls = (out / "wall_time.txt").read_text().splitlines()
+    assert [w.split(":")[0] for w in walls] == ["segment 1", "segment 2"]
+    assert (out / "command.txt").read_text().splitlines()[1].startswith("segment 2: echo")
+
+
+def test_a_segment_stopped_with_sigterm_still_records_its_wall_time(repo):
+    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen(["bash", str(repo / "scripts" / "record-run.sh"), "stopped",
+                             str(repo / "run"), "--", "sleep", "30"], env=env, cwd=repo,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out = repo / "results" / "stopped"
+    for _ in range(100):
+        if (out / "train.log").exists():
+            break
+        subprocess.run(["sleep", "0.1"], check=True)
+    subprocess.run(["sleep", "0.5"], check=True)
+    proc.send_signal(15)
+    assert proc.wait(timeout=20) == 130
+    assert "exit status 130" in (out / "wall_time.txt").read_text()
