@@ -9,8 +9,9 @@ import argparse
 
 from torch.profiler import ProfilerActivity, profile
 
+from lstmkit.fields import apply_overrides
 from lstmkit.lm.batching import batch_rows, bptt_windows
-from lstmkit.lm.config import apply_overrides, preset
+from lstmkit.lm.config import preset
 from throughput import corpus, lstmkit_runner
 
 

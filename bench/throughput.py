@@ -28,8 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from lstmkit.device import cpu_has_native_bf16, resolve_precision
+from lstmkit.fields import apply_overrides
 from lstmkit.lm.batching import batch_rows, bptt_windows
-from lstmkit.lm.config import apply_overrides, preset
+from lstmkit.lm.config import preset
 from lstmkit.lm.evaluate import STREAM_NUM_STEPS
 from lstmkit.lm.model import build_language_model
 from lstmkit.nn.recurrent import detach_state

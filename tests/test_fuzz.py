@@ -23,8 +23,9 @@ from lstmkit.classify.config import ClassifierConfig
 from lstmkit.classify.data import read_labelled
 from lstmkit.cli import build_parser
 from lstmkit.errors import UserError
+from lstmkit.fields import apply_overrides, field_names
 from lstmkit.lm import api
-from lstmkit.lm.config import apply_overrides, field_names, load_config_file, preset
+from lstmkit.lm.config import LMConfig, load_config_file, preset
 from lstmkit.lm.data import load_text_corpus
 from lstmkit.lm.model import LMShape, build_language_model
 from lstmkit.lm.runs import load_lm, save_lm_checkpoint
@@ -136,7 +137,7 @@ def _checkpoint_meta_property(checkpoint: bytes, tmp: Path):
 def _config_property(tmp: Path):
     @given(suffix=st.sampled_from([".json", ".toml"]),
            text=st.text(max_size=200) | json_values().map(lambda v: json.dumps({"x": v}))
-           | st.dictionaries(st.sampled_from(field_names()), json_values(), max_size=3)
+           | st.dictionaries(st.sampled_from(field_names(LMConfig)), json_values(), max_size=3)
            .map(json.dumps))
     def check(suffix, text):
         path = tmp / f"fuzzed{suffix}"
@@ -169,7 +170,7 @@ ARG_VALUES = st.sampled_from(["0", "-1", "1", "2", "1e30", "-1e30", "nan", "inf"
 
 
 def _cli_property():
-    fields = field_names()
+    fields = field_names(LMConfig)
 
     @given(overrides=st.dictionaries(st.sampled_from(fields), ARG_VALUES | st.text(max_size=6),
                                      max_size=4),

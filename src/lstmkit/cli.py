@@ -36,10 +36,10 @@ class _Parser(argparse.ArgumentParser):
 def main(argv: Sequence[str] | None = None) -> int:
     with warnings.catch_warnings():  # restores the usual display when main returns
         warnings.showwarning = _one_line_warnings(warnings.showwarning)
-        return _run(argv)
+        return _dispatch(argv)
 
 
-def _run(argv: Sequence[str] | None) -> int:
+def _dispatch(argv: Sequence[str] | None) -> int:
     args = None
     try:
         args = build_parser().parse_args(argv)
@@ -132,16 +132,16 @@ def _add_train(commands) -> None:
     p.add_argument("--tensorboard", metavar="DIR", help=TENSORBOARD_HELP)
     fields = p.add_argument_group("config fields (override preset and config file; defaults "
                                   "are the small preset's)")
-    for name, text in api.field_helps().items():
+    for name, text in api.flag_helps(api.LMConfig).items():
         fields.add_argument(f"--{name.replace('_', '-')}", dest=f"field_{name}",
                             default=None, metavar="V", help=text)
-    p.set_defaults(handler=_train)
+    p.set_defaults(handler=_run_train)
 
 
-def _train(args: argparse.Namespace) -> int:
+def _run_train(args: argparse.Namespace) -> int:
     source = api.TextSource(args.data_dir, args.download, args.data_file, args.train_file,
                             args.valid_file, args.test_file, args.vocab_size)
-    overrides = {name: getattr(args, f"field_{name}") for name in api.field_names()
+    overrides = {name: getattr(args, f"field_{name}") for name in api.field_names(api.LMConfig)
                  if getattr(args, f"field_{name}") is not None}
     api.train(source, preset_name=args.preset, config_file=args.config, overrides=overrides,
               level=args.level, save_path=args.save_path, resume=args.resume,
@@ -162,10 +162,10 @@ def _add_evaluate(commands) -> None:
     p.add_argument("--precision", choices=api.PRECISIONS)
     _add_quantize(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(handler=_evaluate)
+    p.set_defaults(handler=_run_evaluate)
 
 
-def _evaluate(args: argparse.Namespace) -> int:
+def _run_evaluate(args: argparse.Namespace) -> int:
     result = api.evaluate_ptb(args.model, args.data_dir, args.split, args.batch_size,
                               args.num_steps, args.stream, args.device, args.precision,
                               args.quantize)
@@ -204,7 +204,7 @@ def _add_sample(commands) -> None:
                    help="end a text early: eos (end of a sentence; char models: an empty line), "
                         "newline, or any other string (printed)")
     _add_quantize(p)
-    p.set_defaults(handler=_sample)
+    p.set_defaults(handler=_run_sample)
 
 
 def _add_quantize(p: argparse.ArgumentParser) -> None:
@@ -213,7 +213,7 @@ def _add_quantize(p: argparse.ArgumentParser) -> None:
                         "faster CPU inference (CPU only)")
 
 
-def _sample(args: argparse.Namespace) -> int:
+def _run_sample(args: argparse.Namespace) -> int:
     run = api.load(args.model, quantize=args.quantize)
     if args.beam is not None or args.num_samples is not None:
         return _print_texts(run, args)
@@ -263,10 +263,10 @@ def _add_score(commands) -> None:
     p.add_argument("--device", default="auto", choices=api.DEVICES)
     p.add_argument("--precision", choices=api.PRECISIONS)
     _add_quantize(p)
-    p.set_defaults(handler=_score)
+    p.set_defaults(handler=_run_score)
 
 
-def _score(args: argparse.Namespace) -> int:
+def _run_score(args: argparse.Namespace) -> int:
     run = api.load(args.model, args.device, args.quantize)
     if args.file == "-":
         try:
@@ -296,10 +296,10 @@ def _add_download(commands) -> None:
     p = commands.add_parser("download", help="download a data set (checksums verified)")
     p.add_argument("dataset", choices=("ptb",))
     p.add_argument("--dest", help="directory to download into (default: the user cache)")
-    p.set_defaults(handler=_download)
+    p.set_defaults(handler=_run_download)
 
 
-def _download(args: argparse.Namespace) -> int:
+def _run_download(args: argparse.Namespace) -> int:
     path = api.download_ptb(args.dest)
     print(f"PTB ready in {path} (SHA-256 verified)")
     return 0
@@ -313,10 +313,10 @@ def _add_export(commands) -> None:
                     "with numpy and onnxruntime alone.")
     p.add_argument("--model", required=True, help="run directory or checkpoint file")
     p.add_argument("--out", required=True, metavar="DIR", help="directory to write into")
-    p.set_defaults(handler=_export)
+    p.set_defaults(handler=_run_export)
 
 
-def _export(args: argparse.Namespace) -> int:
+def _run_export(args: argparse.Namespace) -> int:
     exported = api.export(args.model, args.out)
     print(f"wrote {exported.model}, {exported.vocab.name} and {exported.readme.name} "
           f"(state: {', '.join(exported.state_names)})")
@@ -333,9 +333,9 @@ def _add_serve(commands) -> None:
                    help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free)")
     _add_quantize(p)
-    p.set_defaults(handler=_serve)
+    p.set_defaults(handler=_run_serve)
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _run_serve(args: argparse.Namespace) -> int:
     api.serve(args.model, args.host, args.port, args.quantize)
     return 0

@@ -22,6 +22,11 @@ def described(default: Any, help: str, choices: tuple[str, ...] = ()) -> Any:
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
 
 
+def field_names(config_class: type) -> list[str]:
+    """The fields a config file or `--flag` may set."""
+    return [f.name for f in dataclasses.fields(config_class)]
+
+
 def flag_helps(config_class: type) -> dict[str, str]:
     """Each field's `--help` text: its description, allowed values and default."""
     return {f.name: flag_help(f) for f in dataclasses.fields(config_class)}
@@ -45,9 +50,10 @@ def show_value(value: Any) -> str:
     return str(value)
 
 
-def apply_overrides(config: Config, overrides: Mapping[str, Any], source: str,
-                    what: str = "config field") -> Config:
-    """`config` with `overrides` applied; an unknown field or bad value names `source`."""
+def apply_overrides(config: Config, overrides: Mapping[str, Any], source: str) -> Config:
+    """`config` with `overrides` (strings from the command line, or typed values) applied; an
+    unknown field or bad value names `source` (and the config's FIELD_KIND, if it has one)."""
+    what = getattr(type(config), "FIELD_KIND", "config field")
     known = {f.name: f.type for f in dataclasses.fields(config)}
     coerced = {}
     for key, value in overrides.items():

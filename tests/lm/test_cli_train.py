@@ -90,8 +90,9 @@ class _Recorder(Console):
 def test_mid_epoch_checkpoint_resumes_exactly(ptb_dir, tmp_path, training_steps):
     """A run stopped after a mid-epoch checkpoint ends where an uninterrupted one does, and
     the resumed process trains only the windows after that checkpoint."""
+    from lstmkit.fields import apply_overrides
     from lstmkit.lm import api
-    from lstmkit.lm.config import apply_overrides, preset
+    from lstmkit.lm.config import preset
 
     config = apply_overrides(preset("test"), {"hidden_size": 16, "batch_size": 4, "num_steps": 5,
                                               "keep_prob": 0.7, "max_max_epoch": 2,

@@ -3,7 +3,8 @@ import json
 import pytest
 
 from lstmkit.errors import UserError
-from lstmkit.lm.config import PRESETS, LMConfig, apply_overrides, load_config_file, preset
+from lstmkit.fields import apply_overrides
+from lstmkit.lm.config import PRESETS, LMConfig, load_config_file, preset
 
 # The tutorial's preset table (Zaremba et al. 2014), column for column.
 TUTORIAL_TABLE = {

@@ -14,8 +14,9 @@ import lstmkit.lm.train
 from conftest import resumed_at, tree_files
 from lstmkit.cli import main
 from lstmkit.errors import UserError
+from lstmkit.fields import apply_overrides
 from lstmkit.lm import api
-from lstmkit.lm.config import apply_overrides, preset
+from lstmkit.lm.config import preset
 from lstmkit.lm.model import LanguageModel
 from lstmkit.lm.runs import load_lm
 from lstmkit.lm.train import MAX_ROLLBACKS_IN_A_ROW, ROLLBACK_LR_FACTOR

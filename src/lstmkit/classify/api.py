@@ -19,7 +19,7 @@ from lstmkit.classify.data import (
     split_indices,
     tokenize,
 )
-from lstmkit.classify.evaluate import Score, probabilities, score
+from lstmkit.classify.evaluate import SplitScore, probabilities, score
 from lstmkit.classify.runs import load_classifier
 from lstmkit.classify.train import ClassifierResult, train_classifier
 from lstmkit.classify.vectors import vector_dimension
@@ -74,7 +74,7 @@ def train(config: ClassifierConfig, data: str | Path, save_path: str | Path | No
 
 @dataclass(frozen=True)
 class Evaluation:
-    score: Score
+    score: SplitScore
     what: str  # which texts were scored, in words
 
 

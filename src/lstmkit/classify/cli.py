@@ -8,8 +8,9 @@ import sys
 from typing import Any
 
 from lstmkit.classify import api
-from lstmkit.classify.config import RECIPES, apply_overrides, field_helps, field_names, recipe
+from lstmkit.classify.config import RECIPES, ClassifierConfig, recipe
 from lstmkit.classify.data import decode_lines_to_score, read_lines_to_score
+from lstmkit.fields import apply_overrides, field_names, flag_helps
 from lstmkit.reporting import TENSORBOARD_HELP
 
 _DATA_HELP = ("a directory with rt-polarity.pos + rt-polarity.neg (or *.pos + *.neg), a "
@@ -53,14 +54,15 @@ def _add_train(sub) -> None:
     p.add_argument("--tensorboard", metavar="DIR", help=TENSORBOARD_HELP)
     fields = p.add_argument_group("config fields (override the recipe; defaults are the "
                                   "default recipe's)")
-    for name, text in field_helps().items():
+    for name, text in flag_helps(ClassifierConfig).items():
         fields.add_argument(f"--{name.replace('_', '-')}", dest=f"field_{name}", default=None,
                             metavar="V", help=text)
-    p.set_defaults(handler=_train)
+    p.set_defaults(handler=_run_classify_train)
 
 
-def _train(args: argparse.Namespace) -> int:
-    flags: dict[str, Any] = {name: getattr(args, f"field_{name}") for name in field_names()
+def _run_classify_train(args: argparse.Namespace) -> int:
+    flags: dict[str, Any] = {name: getattr(args, f"field_{name}")
+                             for name in field_names(ClassifierConfig)
                              if getattr(args, f"field_{name}") is not None}
     config = apply_overrides(recipe(args.recipe), flags, "command line")
     api.train(config, args.data, args.save_path, args.valid_data, args.test_data, args.vectors,
@@ -78,10 +80,10 @@ def _add_evaluate(sub) -> None:
                         "else all of it")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(handler=_evaluate)
+    p.set_defaults(handler=_run_classify_evaluate)
 
 
-def _evaluate(args: argparse.Namespace) -> int:
+def _run_classify_evaluate(args: argparse.Namespace) -> int:
     result = api.evaluate(args.model, args.data, args.split, args.text_column,
                           args.label_column, args.device)
     if args.json:
@@ -100,10 +102,10 @@ def _add_predict(sub) -> None:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--json", action="store_true",
                    help="one JSON object a line: text, probability, label")
-    p.set_defaults(handler=_predict)
+    p.set_defaults(handler=_run_classify_predict)
 
 
-def _predict(args: argparse.Namespace) -> int:
+def _run_classify_predict(args: argparse.Namespace) -> int:
     if args.input == "-":
         stream = getattr(sys.stdin, "buffer", None)  # bytes, so Latin-1 input cannot crash
         raw = stream.read() if stream is not None else sys.stdin.read().encode("utf-8")

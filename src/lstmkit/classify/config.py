@@ -11,13 +11,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from lstmkit.device import DEVICES
 from lstmkit.errors import UserError
-from lstmkit.fields import apply_overrides as apply_field_overrides
-from lstmkit.fields import check_choice, check_seed, check_types, described, flag_helps
+from lstmkit.fields import check_choice, check_seed, check_types, described
 from lstmkit.nn.recurrent import CELLS
 
 LOSSES = ("bce", "mse")
@@ -26,6 +25,8 @@ OPTIMIZERS = ("adam", "adadelta")
 
 @dataclass(frozen=True)
 class ClassifierConfig:
+    FIELD_KIND: ClassVar[str] = "classifier config field"  # named in override errors
+
     # --- model ---
     layer_sizes: tuple[int, ...] = described(
         (128, 64), "recurrent layer sizes, bottom first, one layer per size")
@@ -130,18 +131,3 @@ def recipe(name: str) -> ClassifierConfig:
     if name not in RECIPES:
         raise UserError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
     return ClassifierConfig(**RECIPES[name])
-
-
-def field_names() -> list[str]:
-    return [f.name for f in fields(ClassifierConfig)]
-
-
-def field_helps() -> dict[str, str]:
-    """Each field's `--help` text (description, allowed values, default)."""
-    return flag_helps(ClassifierConfig)
-
-
-def apply_overrides(config: ClassifierConfig, overrides: Mapping[str, Any], source: str
-                    ) -> ClassifierConfig:
-    """`config` with `overrides` (strings from the command line, or typed values) applied."""
-    return apply_field_overrides(config, overrides, source, what="classifier config field")

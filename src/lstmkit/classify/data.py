@@ -60,9 +60,6 @@ class LabelledTexts:
             digest.update(f"{label}\t{text}\n".encode())
         return digest.hexdigest()
 
-    def positive_share(self) -> float:
-        return sum(self.labels) / max(len(self.labels), 1)
-
 
 @dataclass(frozen=True)
 class Splits:

@@ -14,7 +14,7 @@ EVAL_BATCH_SIZE = 256
 
 
 @dataclass(frozen=True)
-class Score:
+class SplitScore:
     loss: float  # mean over the texts
     accuracy: float
     count: int
@@ -47,10 +47,11 @@ def logits_of(model, ids: Sequence[torch.Tensor], batch_size: int = EVAL_BATCH_S
     return out
 
 
-def score(model, split: EncodedSplit, loss: str = "bce") -> Score:
+def score(model, split: EncodedSplit, loss: str = "bce") -> SplitScore:
     logits = logits_of(model, split.ids)
     correct = ((logits >= 0).float() == split.labels).sum().item()
-    return Score(batch_loss(logits, split.labels, loss).item(), correct / len(split), len(split))
+    loss_value = batch_loss(logits, split.labels, loss).item()
+    return SplitScore(loss_value, correct / len(split), len(split))
 
 
 def probabilities(model, ids: Sequence[torch.Tensor]) -> list[float]:

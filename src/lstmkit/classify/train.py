@@ -27,7 +27,7 @@ from lstmkit.classify.data import (
     pad_batch,
     tokenize,
 )
-from lstmkit.classify.evaluate import Score, batch_loss, score
+from lstmkit.classify.evaluate import SplitScore, batch_loss, score
 from lstmkit.classify.model import SentimentClassifier, build_classifier
 from lstmkit.classify.runs import save_classifier
 from lstmkit.classify.vectors import load_word_vectors
@@ -76,11 +76,11 @@ def train_classifier(config: ClassifierConfig, splits: Splits, save_path: str | 
     console = rank_console(console, world)
     check_run_start(save_path, overwrite, resume=False, resumable=False, writer=world.is_main)
     with joined(world, resolve_device(config.device)) as world:
-        return _train(config, splits, save_path, vectors_path, split_meta, console, world,
-                      overwrite, tensorboard)
+        return _prepare_and_train(config, splits, save_path, vectors_path, split_meta,
+                                  console, world, overwrite, tensorboard)
 
 
-def _train(config: ClassifierConfig, splits: Splits, save_path: str | Path | None,
+def _prepare_and_train(config: ClassifierConfig, splits: Splits, save_path: str | Path | None,
            vectors_path: str | Path | None, split_meta: dict | None, console: Console,
            world: World, overwrite: bool, tensorboard: str | Path | None
            ) -> ClassifierResult:
@@ -259,7 +259,7 @@ def _report_progress(console: Console, metrics: MetricsLog, epoch: int, step: in
                    "texts_per_sec": texts_per_sec})
 
 
-def _agreed(result: Score, world: World) -> Score:
+def _agreed(result: SplitScore, world: World) -> SplitScore:
     """Rank 0's score on every rank, so all keep the same best epoch."""
     loss, accuracy = world.agree([result.loss, result.accuracy])
     return dataclasses.replace(result, loss=loss, accuracy=accuracy)

@@ -18,16 +18,9 @@ from lstmkit.device import DEVICES, PRECISIONS, check_precision, resolve_device,
 from lstmkit.distributed import rank_console
 from lstmkit.download import download_ptb
 from lstmkit.errors import UserError
+from lstmkit.fields import apply_overrides, field_names, flag_helps
 from lstmkit.lm import generate
-from lstmkit.lm.config import (
-    PRESETS,
-    LMConfig,
-    apply_overrides,
-    field_helps,
-    field_names,
-    load_config_file,
-    preset,
-)
+from lstmkit.lm.config import PRESETS, LMConfig, load_config_file, preset
 from lstmkit.lm.data import (
     LEVELS,
     SPLITS,
@@ -47,9 +40,25 @@ from lstmkit.text import read_text
 from lstmkit.vocab import EOS
 
 # What the command line offers, from the modules that own each list.
-__all__ = ["DEVICES", "LEVELS", "MODEL_FILE", "PRECISIONS", "PRESETS", "SPLITS",
-           "LanguageModelRun", "TextSource", "download_ptb", "evaluate_ptb", "field_helps",
-           "field_names", "load", "train", "train_ptb", "train_text"]
+__all__ = [
+    "DEVICES",
+    "LEVELS",
+    "MODEL_FILE",
+    "PRECISIONS",
+    "PRESETS",
+    "SPLITS",
+    "LMConfig",
+    "LanguageModelRun",
+    "TextSource",
+    "download_ptb",
+    "evaluate_ptb",
+    "field_names",
+    "flag_helps",
+    "load",
+    "train",
+    "train_ptb",
+    "train_text",
+]
 
 
 @dataclass(frozen=True)

@@ -10,15 +10,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lstmkit.device import DEVICES, PRECISIONS
 from lstmkit.errors import UserError
-from lstmkit.fields import apply_overrides as apply_field_overrides
-from lstmkit.fields import check_choice, check_seed, check_types, described, flag_helps
+from lstmkit.fields import check_choice, check_seed, check_types, described
 from lstmkit.files import MAX_CONFIG_BYTES, read_regular_file
 from lstmkit.nn.recurrent import CELLS, LSTM_IMPLS
 
@@ -141,20 +139,6 @@ def preset(name: str) -> LMConfig:
     if name not in PRESETS:
         raise UserError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return LMConfig(**PRESETS[name])
-
-
-def field_names() -> list[str]:
-    return [f.name for f in fields(LMConfig)]
-
-
-def field_helps() -> dict[str, str]:
-    """Each field's `--help` text (description, allowed values, default)."""
-    return flag_helps(LMConfig)
-
-
-def apply_overrides(config: LMConfig, overrides: Mapping[str, Any], source: str) -> LMConfig:
-    """Return `config` with `overrides` applied; unknown fields and bad values name `source`."""
-    return apply_field_overrides(config, overrides, source)
 
 
 MAX_CONFIG_DEPTH = 8  # a flat table of numbers, strings and (for sizes) lists of numbers

@@ -303,7 +303,7 @@ def token_nlls(model, ids: torch.Tensor, precision: str = "fp32") -> torch.Tenso
 
 
 @dataclass(frozen=True)
-class Score:
+class LogLikelihood:
     """Log-probability of some tokens: `nll` nats summed over `tokens` predicted tokens."""
     nll: float
     tokens: int
@@ -331,9 +331,9 @@ class Score:
 
 
 @dataclass(frozen=True)
-class TextScore(Score):
+class TextScore(LogLikelihood):
     """The whole text's score and, if asked for, each line's share of it (they add up)."""
-    lines: tuple[Score, ...] | None = None
+    lines: tuple[LogLikelihood, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()
@@ -345,14 +345,14 @@ class TextScore(Score):
 
 def score_ids(model, ids: torch.Tensor, line_lengths: Sequence[int] | None = None,
               precision: str = "fp32") -> TextScore:
-    """Score the stream `ids`; with `line_lengths` (tokens per line) also each line.
+    """LogLikelihood the stream `ids`; with `line_lengths` (tokens per line) also each line.
 
     A line's score is the NLL of its tokens given everything before them (state carried from
     the previous lines), so line scores sum to the total; the stream's first token is
     context only and counts for no line.
     """
     nlls = token_nlls(model, ids, precision).double().numpy()
-    total = Score(float(nlls.sum()), int(nlls.size))
+    total = LogLikelihood(float(nlls.sum()), int(nlls.size))
     if line_lengths is None:
         return TextScore(total.nll, total.tokens)
     if sum(line_lengths) != ids.numel():
@@ -360,5 +360,5 @@ def score_ids(model, ids: torch.Tensor, line_lengths: Sequence[int] | None = Non
     line_of_target = np.repeat(np.arange(len(line_lengths)), line_lengths)[1:]
     sums = np.bincount(line_of_target, weights=nlls, minlength=len(line_lengths))
     counts = np.bincount(line_of_target, minlength=len(line_lengths))
-    lines = tuple(Score(float(n), int(c)) for n, c in zip(sums, counts, strict=True))
+    lines = tuple(LogLikelihood(float(n), int(c)) for n, c in zip(sums, counts, strict=True))
     return TextScore(total.nll, total.tokens, lines)
