@@ -100,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="run directory or checkpoint file")
+
+
 def _add_train(commands) -> None:
     p = commands.add_parser(
         "train", help="train a language model",
@@ -151,7 +155,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _add_evaluate(commands) -> None:
     p = commands.add_parser("evaluate", help="perplexity of a saved model on a PTB split")
-    p.add_argument("--model", required=True, help="run directory or checkpoint file")
+    _add_model(p)
     p.add_argument("--data-dir", help="directory with ptb.*.txt (default: $LSTMKIT_DATA)")
     p.add_argument("--split", default="test", choices=api.SPLITS)
     p.add_argument("--stream", action="store_true",
@@ -183,7 +187,7 @@ def _add_sample(commands) -> None:
         "sample", help="generate text from a saved model",
         description="Generate text from a saved word- or char-level model, printing each token "
                     "as it is drawn (the prime first).")
-    p.add_argument("--model", required=True, help="run directory or checkpoint file")
+    _add_model(p)
     p.add_argument("--prime", default="", help="text to start from (default: a new line)")
     p.add_argument("--length", type=int, metavar="N",
                    help="tokens to generate (default: 500 characters or 100 words)")
@@ -255,7 +259,7 @@ def _add_score(commands) -> None:
         description="Log-probability (nats and bits) and perplexity of a text file under a "
                     "saved model, as one stream (state carried; the first token is context "
                     "only), so the perplexity equals `evaluate --stream` on the same file.")
-    p.add_argument("--model", required=True, help="run directory or checkpoint file")
+    _add_model(p)
     p.add_argument("file", metavar="FILE", help="UTF-8 text file to score ('-': stdin)")
     p.add_argument("--per-line", action="store_true",
                    help="also each line's share (given the lines before it)")
@@ -311,7 +315,7 @@ def _add_export(commands) -> None:
         description="Write model.onnx (one window: ids and state in, logits and state out; "
                     "any batch and length), vocab.json and a README.md showing how to run it "
                     "with numpy and onnxruntime alone.")
-    p.add_argument("--model", required=True, help="run directory or checkpoint file")
+    _add_model(p)
     p.add_argument("--out", required=True, metavar="DIR", help="directory to write into")
     p.set_defaults(handler=_run_export)
 
@@ -328,7 +332,7 @@ def _add_serve(commands) -> None:
         "serve", help="an HTTP API and a web page to sample from and score with a saved model",
         description="Serve a saved language model over HTTP: POST /sample (streams the text as "
                     "server-sent events), POST /score, GET /health, and a page at /.")
-    p.add_argument("--model", required=True, help="run directory or checkpoint file")
+    _add_model(p)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free)")

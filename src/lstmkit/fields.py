@@ -92,9 +92,13 @@ def coerce(name: str, value: Any, annotation: Any, source: str) -> Any:
 
 
 def check_types(config: Any) -> None:
-    """Raise UserError for the first field whose value is not of its declared type."""
+    """Raise UserError for the first field whose value is not of its declared type, then for
+    the first outside the allowed values its field declares (see `described`)."""
     for f in dataclasses.fields(config):
         check_type(f.name, getattr(config, f.name), f.type)
+    for f in dataclasses.fields(config):
+        if f.metadata.get("choices"):
+            check_choice(f.name, getattr(config, f.name), f.metadata["choices"])
 
 
 def check_type(name: str, value: Any, annotation: Any) -> None:

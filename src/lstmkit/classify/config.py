@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 from lstmkit.device import DEVICES
 from lstmkit.errors import UserError
-from lstmkit.fields import check_choice, check_seed, check_types, described
+from lstmkit.fields import check_seed, check_types, described
 from lstmkit.nn.recurrent import CELLS
 
 LOSSES = ("bce", "mse")
@@ -97,10 +97,6 @@ class ClassifierConfig:
         if self.valid_fraction + self.test_fraction >= 1.0:
             raise UserError(f"valid_fraction + test_fraction must leave data to train on, got "
                             f"{self.valid_fraction} + {self.test_fraction}")
-        check_choice("cell", self.cell, CELLS)
-        check_choice("loss", self.loss, LOSSES)
-        check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        check_choice("device", self.device, DEVICES)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

@@ -16,7 +16,7 @@ from typing import Any
 
 from lstmkit.device import DEVICES, PRECISIONS
 from lstmkit.errors import UserError
-from lstmkit.fields import check_choice, check_seed, check_types, described
+from lstmkit.fields import check_seed, check_types, described
 from lstmkit.files import MAX_CONFIG_BYTES, read_regular_file
 from lstmkit.nn.recurrent import CELLS, LSTM_IMPLS
 
@@ -90,18 +90,12 @@ class LMConfig:
             raise UserError(f"config field {name} must be >= 0, got {getattr(self, name)}")
         if not (0.0 < self.keep_prob <= 1.0):
             raise UserError(f"config field keep_prob must be in (0, 1], got {self.keep_prob}")
-        check_choice("cell", self.cell, CELLS)
-        check_choice("optimizer", self.optimizer, OPTIMIZERS)
         if not math.isfinite(self.forget_bias):
             raise UserError(f"config field forget_bias must be a finite number, got "
                             f"{self.forget_bias}")
         if self.forget_bias and self.cell != "lstm":
             raise UserError(f"config field forget_bias applies to the lstm cell only "
                             f"(cell is {self.cell}); leave it at 0")
-        check_choice("lstm_impl", self.lstm_impl, LSTM_IMPLS)
-        check_choice("precision", self.precision, PRECISIONS)
-        check_choice("device", self.device, DEVICES)
-        check_choice("on_nan", self.on_nan, ON_NAN)
         check_seed(self.seed)
 
     def to_dict(self) -> dict[str, Any]:
@@ -170,14 +164,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def _parse_json(path: Path, text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
-    except RecursionError:
-        raise UserError(f"{path}: invalid config file (nested too deeply)") from None
-    except ValueError as err:  # an integer of more digits than Python converts
-        raise UserError(f"{path}: invalid JSON ({_reason(err)[:120]})") from None
+    return _parse(path, "JSON", json.loads, text, json.JSONDecodeError)
 
 
 def _parse_toml(path: Path, text: str) -> Any:
@@ -185,14 +172,25 @@ def _parse_toml(path: Path, text: str) -> Any:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib
+    return _parse(path, "TOML", tomllib.loads, text, tomllib.TOMLDecodeError)
+
+
+def _parse(path: Path, kind: str, loads: Any, text: str, decode_error: type) -> Any:
+    """`loads(text)`, each way it can fail given as one line naming `path`."""
     try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise UserError(f"{path}: invalid TOML ({err})") from None
+        return loads(text)
+    except decode_error as err:
+        line = getattr(err, "lineno", None)
+        where = f"{path}:{line}" if kind == "JSON" and line else str(path)
+        return _refuse(f"{where}: invalid {kind} ({getattr(err, 'msg', None) or err})")
     except RecursionError:
-        raise UserError(f"{path}: invalid config file (nested too deeply)") from None
+        return _refuse(f"{path}: invalid config file (nested too deeply)")
     except ValueError as err:  # an integer of more digits than Python converts
-        raise UserError(f"{path}: invalid TOML ({_reason(err)[:120]})") from None
+        return _refuse(f"{path}: invalid {kind} ({_reason(err)[:120]})")
+
+
+def _refuse(message: str) -> Any:
+    raise UserError(message) from None
 
 
 def check_depth(value: Any, limit: int, where: str) -> None:
