@@ -21,7 +21,7 @@ import time
 import torch
 from torch import nn
 
-from lstmkit.nn.lstm import _load_kernel, fused_lstm, lstm_weights
+from lstmkit.nn.lstm import fused_lstm, lstm_weights, native_kernel
 
 LAYERS, BATCH = 2, 20
 
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     machine = {"cpu": cpu_model(), "threads": torch.get_num_threads(),
                "torch": torch.__version__,
-               "kernel": "native" if _load_kernel() is not None else "plain"}
+               "kernel": "native" if native_kernel() is not None else "plain"}
     for shape in args.shapes:
         hidden, steps = (int(v) for v in shape.split("x"))
         for mode in args.modes:
