@@ -121,7 +121,7 @@ finish() {
 }
 # Ctrl-C or SIGTERM stops the run with SIGTERM (a background job ignores SIGINT); its
 # checkpoints are written atomically, so it keeps the last one; the segment is still recorded.
-trap 'kill -TERM "$pid" 2>/dev/null; wait "$pid"; finish 130; exit 130' INT TERM
+trap 'set +e; kill -TERM "$pid" 2>/dev/null; wait "$pid"; s=$?; finish "$s"; exit "$s"' INT TERM
 if [[ -n $append ]]; then "$@" > >(tee -a "$out/train.log") 2>&1 & else "$@" > >(tee "$out/train.log") 2>&1 & fi
 pid=$!
 set +e

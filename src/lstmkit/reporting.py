@@ -35,6 +35,7 @@ class MetricsLog:
         self.scalars = scalars
         self.rewind: int | None = None  # length to cut the file to before the next write
         self.deferred: list[dict[str, Any]] = []
+        self.flushed: list[tuple[int, dict[str, Any]]] = []  # deferred records and their offsets
 
     def defer(self, record: dict[str, Any]) -> None:
         """Log `record` just before the next one: a run that fails before logging anything
@@ -42,9 +43,11 @@ class MetricsLog:
         self.deferred.append(record)
 
     def write(self, record: dict[str, Any]) -> None:
-        records, self.deferred = [*self.deferred, record], []
-        for each in records:
+        deferred, self.deferred = self.deferred, []
+        for each in deferred:
+            self.flushed.append((self.size(), each))
             self._append(each)
+        self._append(record)
 
     def _append(self, record: dict[str, Any]) -> None:
         if self.scalars is not None:
@@ -86,6 +89,11 @@ class MetricsLog:
                                 f"at byte {size} of it; move the file away to resume with a "
                                 f"new log")
         self.rewind = size
+        # A deferred record written after `size` goes again with the next record (a rollback
+        # rewinds past it, yet the run it describes goes on).
+        again = [record for offset, record in self.flushed if offset >= size]
+        self.flushed = [(offset, record) for offset, record in self.flushed if offset < size]
+        self.deferred = again + self.deferred
 
 
 # Records whose numbers are settings or sizes, not measurements over training.

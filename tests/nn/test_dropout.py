@@ -64,3 +64,7 @@ def test_without_the_kernel_the_same_masks_are_drawn(monkeypatch):
     monkeypatch.setitem(kernels._loaded, "dropout", None)
     torch.manual_seed(3)
     assert torch.equal(hashed.hash_dropout(x, 0.3), native)
+
+
+def test_a_rate_that_rounds_to_dropping_everything_drops_everything():
+    assert torch.equal(hashed.keep_scale(9, 0.999999, 1), torch.zeros(9))

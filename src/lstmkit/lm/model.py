@@ -52,6 +52,12 @@ class LanguageModel(nn.Module):
         self.output_dropout = Dropout(drop)
         self.decoder = nn.Linear(shape.hidden_size, shape.vocab_size)
 
+    def set_keep_prob(self, keep_prob: float) -> None:
+        """Dropout on the non-recurrent connections: probability 1 - keep_prob."""
+        drop = 1.0 - keep_prob
+        self.input_dropout.p = self.output_dropout.p = drop
+        self.rnn.dropout = drop if self.shape.num_layers > 1 else 0.0
+
     def init_weights(self, init_scale: float, forget_bias: float = 0.0) -> None:
         for param in (self.embedding.weight, self.decoder.weight, self.decoder.bias):
             nn.init.uniform_(param, -init_scale, init_scale)

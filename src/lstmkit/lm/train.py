@@ -419,6 +419,9 @@ def _resume(config: LMConfig, data: TokenSplits, loaded: LoadedLM, world: World,
             raise UserError(f"{path}: the run trains with {name} {saved}; it cannot resume "
                             f"with {name} {asked} (start a new run for that)")
     model = loaded.model.to(world.device)
+    # What the resumed config may change without touching the weights' shapes, applied.
+    model.lstm_impl = config.lstm_impl
+    model.set_keep_prob(config.keep_prob)
     optimizer = make_optimizer(config, model)
     progress, carried = _restore(loaded, optimizer, config, world, metrics)
     return model, optimizer, progress, carried

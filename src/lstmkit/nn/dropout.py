@@ -87,7 +87,7 @@ def keep_scale(n: int, p: float, seed: int) -> torch.Tensor:
     groups = torch.arange((n + _LANES - 1) // _LANES, dtype=torch.int64)
     bits = _splitmix64(torch.full_like(groups, seed) ^ (groups * _SPREAD))
     lanes = torch.stack([_shift_right(bits, 16 * k) & 0xFFFF for k in range(_LANES)], dim=1)
-    scale = 65536.0 / (65536 - threshold)
+    scale = 0.0 if threshold >= 65536 else 65536.0 / (65536 - threshold)
     return (lanes.reshape(-1)[:n] >= threshold).float() * scale
 
 

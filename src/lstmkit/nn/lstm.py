@@ -29,6 +29,7 @@ from types import ModuleType
 import torch
 from torch import nn
 
+from lstmkit.device import cpu_has_native_bf16
 from lstmkit.nn import kernels
 from lstmkit.nn.dropout import hash_dropout
 
@@ -65,7 +66,7 @@ def fused_lstm(inputs: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor],
         raise ValueError(f"expected inputs [B, T, I] and state [{layers}, B, H]; got "
                          f"{tuple(inputs.shape)}, {tuple(h0.shape)}, {tuple(c0.shape)}")
     compute = _compute_dtype(inputs)
-    backend = _backend(inputs)
+    backend = _backend(inputs, compute)
     with torch.autocast(inputs.device.type, enabled=False):
         x = inputs.transpose(0, 1).to(compute).contiguous()  # time-major [T, B, I]
         grad = torch.is_grad_enabled() and any(
@@ -204,8 +205,10 @@ class _PlainBackend:
         return dgates, db, dh_rec.clone(), dc
 
 
-def _backend(inputs: torch.Tensor):
-    if inputs.device.type == "cpu":
+def _backend(inputs: torch.Tensor, compute: torch.dtype):
+    # bf16 runs natively only where the CPU has bf16 products (oneDNN's bf16 brgemm needs
+    # them); elsewhere the plain path computes the same function.
+    if inputs.device.type == "cpu" and (compute != torch.bfloat16 or cpu_has_native_bf16()):
         kernel = native_kernel()
         if kernel is not None:
             return kernel
@@ -222,7 +225,7 @@ def _self_test(module: ModuleType) -> None:
     whose oneDNN lacks the brgemm micro-kernel raises here, not in the middle of training."""
     gen = torch.Generator().manual_seed(0)
     T, B, H = 2, 3, 17
-    for dtype in (torch.float32, torch.bfloat16):
+    for dtype in (torch.float32, torch.bfloat16) if cpu_has_native_bf16() else (torch.float32,):
         xproj = torch.randn(T, B, 4 * H, generator=gen).to(dtype)
         bias = torch.randn(4 * H, generator=gen)
         whh = torch.randn(4 * H, H, generator=gen).to(dtype)
