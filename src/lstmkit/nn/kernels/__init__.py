@@ -107,8 +107,11 @@ def _quiet_build():
 
 
 def _build_key(source: Path) -> str:
-    """Changes with the source, torch, Python and the CPU's instruction sets."""
+    """Changes with the source (and the headers beside it), torch, Python and the CPU's
+    instruction sets."""
     digest = hashlib.sha256(source.read_bytes())
+    for header in sorted(source.parent.glob("*.h")):  # what the sources include
+        digest.update(header.read_bytes())
     digest.update(f"{torch.__version__} {sys.version} {_cpu_flags()}".encode())
     return digest.hexdigest()[:16]
 
