@@ -29,7 +29,7 @@ def flag_entries(text: str) -> dict[str, str]:
             name = flag.group(1)
             entries[name] = flag.group(2)
         elif name and re.match(r"^ {20,}\S", line):
-            entries[name] += " " + line.strip()
+            entries[name] = f"{entries[name]} {line.strip()}".strip()
         else:
             name = None
     return entries

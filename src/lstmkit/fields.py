@@ -47,6 +47,8 @@ def show_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, tuple):
         return ",".join(map(str, value))
+    if value == "":
+        return '""'
     return str(value)
 
 

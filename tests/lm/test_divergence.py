@@ -36,17 +36,17 @@ def config(**fields):
 
 def nan_loss_at(monkeypatch, *steps: int) -> None:
     """The training loss becomes NaN at these training windows (counted over the process)."""
-    window_nll, calls = LanguageModel.window_nll, []
+    window_loss, calls = LanguageModel.window_loss, []
 
     def faulty(self, ids, targets, state):
-        nll, state = window_nll(self, ids, targets, state)
+        nll, penalty, state = window_loss(self, ids, targets, state)
         if self.training:
             calls.append(1)
             if len(calls) in steps:
                 nll = nll * float("nan")
-        return nll, state
+        return nll, penalty, state
 
-    monkeypatch.setattr(LanguageModel, "window_nll", faulty)
+    monkeypatch.setattr(LanguageModel, "window_loss", faulty)
 
 
 def records(run, event):

@@ -16,6 +16,7 @@ Evaluation may also take the short tail window (here inputs 8, targets 9) so no 
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 
 import torch
@@ -47,3 +48,35 @@ def bptt_windows(rows: torch.Tensor, num_steps: int, start: int = 0,
     tail = full * num_steps
     if include_tail and tail < batch_len - 1:
         yield rows[:, tail:batch_len - 1], rows[:, tail + 1:batch_len]
+
+
+# AWD-LSTM's random window lengths (Merity et al. 2017, section 4.1).
+HALF_WINDOW_PROBABILITY = 0.05
+LENGTH_SD = 5.0
+MIN_LENGTH = 5
+MAX_EXTRA = 20  # at most num_steps + 20: a rare long draw would cost memory and time
+
+
+def random_window_lengths(num_steps: int, batch_len: int, seed: int, epoch: int) -> list[int]:
+    """One epoch's window lengths: each drawn around num_steps (num_steps / 2 with probability
+    0.05), standard deviation 5, in [5, num_steps + 20], the last cut to what is left.
+
+    A function of (seed, epoch) alone, so a resumed run finds its place by replaying them."""
+    rng = random.Random(f"lstmkit-bptt:{seed}:{epoch}")
+    lengths, position, end = [], 0, batch_len - 1
+    while position < end:
+        mean = num_steps / 2 if rng.random() < HALF_WINDOW_PROBABILITY else num_steps
+        length = min(max(MIN_LENGTH, int(rng.gauss(mean, LENGTH_SD))), num_steps + MAX_EXTRA)
+        length = min(length, end - position)
+        lengths.append(length)
+        position += length
+    return lengths
+
+
+def windows_of_lengths(rows: torch.Tensor, lengths: list[int], start: int = 0
+                       ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Consecutive (x, y) windows of `rows` with the given lengths, from window `start`."""
+    lo = sum(lengths[:start])
+    for length in lengths[start:]:
+        yield rows[:, lo:lo + length], rows[:, lo + 1:lo + length + 1]
+        lo += length

@@ -4,19 +4,26 @@
         -> dropout -> linear [H, V] + bias -> logits [B, T, V]
 
 Dropout (probability 1 - keep_prob) touches only non-recurrent connections.
+
+AWD-LSTM's regularisers (Merity et al. 2017), each off unless its config field is set: a
+decoder tied to the embedding matrix; embedding dropout (whole word types); locked
+(variational) dropout on the embedding output, between layers and on the top output; weight
+drop on the hidden-to-hidden weights; AR and TAR penalties on the top layer's output.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lstmkit.lm.config import LMConfig
-from lstmkit.nn.dropout import Dropout
+from lstmkit.nn.dropout import Dropout, embedding_dropout, locked_dropout, weight_drop
 from lstmkit.nn.recurrent import (
+    LayerHooks,
     State,
     init_recurrent_,
     make_recurrent,
@@ -33,17 +40,50 @@ class LMShape:
     hidden_size: int
     num_layers: int
     cell: str = "lstm"
+    tied: bool = False  # the decoder's weight is the embedding matrix (saved once)
 
     @classmethod
     def of(cls, config: LMConfig, vocab_size: int) -> LMShape:
-        return cls(vocab_size, config.hidden_size, config.num_layers, config.cell)
+        return cls(vocab_size, config.hidden_size, config.num_layers, config.cell,
+                   config.tie_weights)
+
+
+@dataclass(frozen=True)
+class Regularisers:
+    """The training-time regularisers' rates and weights (LMConfig's fields of those names)."""
+    locked_dropout_input: float = 0.0
+    locked_dropout_hidden: float = 0.0
+    locked_dropout_output: float = 0.0
+    embedding_dropout: float = 0.0
+    weight_drop: float = 0.0
+    ar: float = 0.0
+    tar: float = 0.0
+
+    @classmethod
+    def of(cls, config: LMConfig) -> Regularisers:
+        return cls(**{name: getattr(config, name) for name in cls.__dataclass_fields__})
+
+    def layer_hooks(self, training: bool) -> LayerHooks | None:
+        """Hooks for a layer-by-layer run, or None where the stack runs whole."""
+        if not training or not (self.locked_dropout_hidden or self.weight_drop):
+            return None
+        between = weight = None
+        if self.locked_dropout_hidden:
+            def between(x: torch.Tensor) -> torch.Tensor:
+                return locked_dropout(x, self.locked_dropout_hidden)
+        if self.weight_drop:
+            def weight(w: torch.Tensor) -> torch.Tensor:
+                return weight_drop(w, self.weight_drop)
+        return LayerHooks(between, weight)
 
 
 class LanguageModel(nn.Module):
-    def __init__(self, shape: LMShape, keep_prob: float = 1.0, lstm_impl: str = "auto") -> None:
+    def __init__(self, shape: LMShape, keep_prob: float = 1.0, lstm_impl: str = "auto",
+                 regularisers: Regularisers = Regularisers()) -> None:
         super().__init__()
         self.shape = shape
         self.lstm_impl = lstm_impl  # which LSTM layer runs (nn/recurrent.py); not a parameter
+        self.regularisers = regularisers  # train-time only; not parameters either
         drop = 1.0 - keep_prob
         self.embedding = nn.Embedding(shape.vocab_size, shape.hidden_size)
         self.input_dropout = Dropout(drop)
@@ -51,6 +91,16 @@ class LanguageModel(nn.Module):
                                   shape.num_layers, dropout=drop)
         self.output_dropout = Dropout(drop)
         self.decoder = nn.Linear(shape.hidden_size, shape.vocab_size)
+        if shape.tied:
+            self.decoder.weight = self.embedding.weight
+            # safetensors refuses two names for one storage: checkpoints hold the matrix once
+            # (as embedding.weight) and loading ties it again.
+            self.register_state_dict_post_hook(_drop_tied_copy)
+            self.register_load_state_dict_pre_hook(_retie)
+
+    def tied(self) -> bool:
+        """Whether the decoder reads the embedding matrix (an int8 decoder never does)."""
+        return getattr(self.decoder, "weight", None) is self.embedding.weight
 
     def set_keep_prob(self, keep_prob: float) -> None:
         """Dropout on the non-recurrent connections: probability 1 - keep_prob."""
@@ -69,9 +119,21 @@ class LanguageModel(nn.Module):
 
     def hidden(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """Top-layer outputs [B, T, H] (after output dropout) and the state after the window."""
-        x = self.input_dropout(self.embedding(ids))
-        outputs, state = run_recurrent(self.rnn, x, state, self.lstm_impl)
-        return self.output_dropout(outputs), state
+        dropped, _, state = self._top_outputs(ids, state)
+        return dropped, state
+
+    def _top_outputs(self, ids: torch.Tensor, state: State
+                     ) -> tuple[torch.Tensor, torch.Tensor, State]:
+        """The top layer's outputs after and before output dropout, and the next state."""
+        reg, training = self.regularisers, self.training
+        x = self.embedding(ids)
+        x = embedding_dropout(x, ids, self.shape.vocab_size, reg.embedding_dropout, training)
+        x = locked_dropout(self.input_dropout(x), reg.locked_dropout_input, training)
+        outputs, state = run_recurrent(self.rnn, x, state, self.lstm_impl,
+                                       reg.layer_hooks(training and torch.is_grad_enabled()))
+        dropped = locked_dropout(self.output_dropout(outputs), reg.locked_dropout_output,
+                                 training)
+        return dropped, outputs, state
 
     def forward(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         outputs, state = self.hidden(ids, state)
@@ -81,13 +143,46 @@ class LanguageModel(nn.Module):
                    ) -> tuple[torch.Tensor, State]:
         """Summed negative log-likelihood of `targets` [B, T] (a scalar) and the next state."""
         outputs, state = self.hidden(ids, state)
+        return self._nll(outputs, targets), state
+
+    def window_loss(self, ids: torch.Tensor, targets: torch.Tensor, state: State
+                    ) -> tuple[torch.Tensor, torch.Tensor | None, State]:
+        """`window_nll`'s NLL, the AR/TAR penalty of the window (None without them) and the
+        next state.
+
+        AR and TAR are means over the window's elements, weighted as AWD-LSTM weights them
+        against its mean loss per token; training's cost sums the loss over the window's
+        steps, so the penalty comes multiplied by the window's length."""
+        dropped, raw, state = self._top_outputs(ids, state)
+        nll = self._nll(dropped, targets)
+        reg = self.regularisers
+        if not self.training or not (reg.ar or reg.tar):
+            return nll, None, state
+        penalty = nll.new_zeros(())
+        if reg.ar:
+            penalty = penalty + reg.ar * dropped.float().pow(2).mean()
+        if reg.tar and raw.size(1) > 1:
+            penalty = penalty + reg.tar * (raw[:, 1:] - raw[:, :-1]).float().pow(2).mean()
+        return nll, penalty * ids.size(1), state
+
+    def _nll(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if not isinstance(self.decoder, nn.Linear):
             # An int8 decoder (lm.quantize) keeps packed weights the fused softmax cannot read.
             logits = self.decoder(outputs).reshape(-1, self.shape.vocab_size).float()
-            return F.cross_entropy(logits, targets.reshape(-1), reduction="sum"), state
-        nll = linear_cross_entropy(outputs.reshape(-1, outputs.size(-1)), self.decoder.weight,
-                                   self.decoder.bias, targets.reshape(-1))
-        return nll, state
+            return F.cross_entropy(logits, targets.reshape(-1), reduction="sum")
+        return linear_cross_entropy(outputs.reshape(-1, outputs.size(-1)), self.decoder.weight,
+                                    self.decoder.bias, targets.reshape(-1))
+
+
+def _drop_tied_copy(module: LanguageModel, state: dict[str, Any], prefix: str,
+                    local_metadata: Any) -> None:
+    if module.tied():
+        state.pop(prefix + "decoder.weight", None)
+
+
+def _retie(module: LanguageModel, state: dict[str, Any], prefix: str, *args: Any) -> None:
+    if module.tied() and prefix + "embedding.weight" in state:
+        state[prefix + "decoder.weight"] = state[prefix + "embedding.weight"]
 
 
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # weight blocks per layer of each cell
@@ -97,11 +192,12 @@ def parameter_count(shape: LMShape) -> int:
     """The model's parameters, computed without building it (Python ints: never overflow)."""
     hidden, gates = shape.hidden_size, GATES.get(shape.cell, 4)
     recurrent = shape.num_layers * gates * hidden * (2 * hidden + 2)  # W_ih, W_hh, two biases
-    return shape.vocab_size * hidden * 2 + shape.vocab_size + recurrent
+    matrices = 1 if shape.tied else 2  # embedding and decoder
+    return shape.vocab_size * hidden * matrices + shape.vocab_size + recurrent
 
 
 def build_language_model(config: LMConfig, vocab_size: int) -> LanguageModel:
     model = LanguageModel(LMShape.of(config, vocab_size), keep_prob=config.keep_prob,
-                          lstm_impl=config.lstm_impl)
+                          lstm_impl=config.lstm_impl, regularisers=Regularisers.of(config))
     model.init_weights(config.init_scale, config.forget_bias)
     return model

@@ -26,11 +26,12 @@ from lstmkit.errors import UserError, one_line
 from lstmkit.fields import check_type
 from lstmkit.lm.config import LMConfig
 from lstmkit.lm.data import LEVELS
-from lstmkit.lm.model import LanguageModel, LMShape
+from lstmkit.lm.model import LanguageModel, LMShape, Regularisers
 from lstmkit.rundir import checkpoint_file
 from lstmkit.vocab import Vocab
 
 KIND_LM = "language_model"
+AVERAGE_PREFIX = "asgd."
 
 
 @dataclass
@@ -44,6 +45,10 @@ class Progress:
     history: list[dict[str, Any]] = field(default_factory=list)
     metrics_bytes: int = 0  # length of metrics.jsonl when this state was saved
     lr_scale: float = 1.0  # times the scheduled learning rate: halved by each NaN rollback
+    windows_done: int = 0  # training windows of the whole run so far
+    planned_windows: int = 0  # a time budget's plan of the run's windows (0: none yet)
+    budget_used: float = 0.0  # seconds of the time budget spent up to this state
+    asgd_count: int = 0  # iterates in NT-ASGD's average (0: not averaging yet)
 
 
 @dataclass
@@ -66,7 +71,8 @@ class LoadedLM:
 
 
 _PROGRESS_TYPES = {"epoch": "int", "step": "int", "costs": "float", "iters": "int",
-                   "metrics_bytes": "int", "lr_scale": "float"}
+                   "metrics_bytes": "int", "lr_scale": "float", "windows_done": "int",
+                   "planned_windows": "int", "budget_used": "float", "asgd_count": "int"}
 
 
 def checked_progress(saved: Any) -> Progress:
@@ -81,7 +87,9 @@ def checked_progress(saved: Any) -> Progress:
     if not (isinstance(progress.history, list)
             and all(isinstance(record, dict) for record in progress.history)):
         raise UserError("history is not a list of records")
-    if progress.epoch < 1 or min(progress.step, progress.iters, progress.metrics_bytes) < 0:
+    if progress.epoch < 1 or min(progress.step, progress.iters, progress.metrics_bytes,
+                                 progress.windows_done, progress.planned_windows,
+                                 progress.budget_used, progress.asgd_count) < 0:
         raise UserError("a position field is out of range")
     return progress
 
@@ -90,10 +98,13 @@ def save_lm_checkpoint(path: Path, model: LanguageModel, config: LMConfig, vocab
                        level: str = "word", optimizer: torch.optim.Optimizer | None = None,
                        progress: Progress | None = None,
                        carried: tuple[torch.Tensor, ...] | None = None,
-                       rank_rng: dict[str, torch.Tensor] | None = None) -> None:
-    """`rank_rng`: each data-parallel rank's RNG state (see distributed.World.rng_states)."""
+                       rank_rng: dict[str, torch.Tensor] | None = None,
+                       averages: dict[str, torch.Tensor] | None = None) -> None:
+    """`rank_rng`: each data-parallel rank's RNG state (see distributed.World.rng_states);
+    `averages`: NT-ASGD's averaged weights by parameter name (see lm/averaging.py)."""
     tensors = {f"model.{k}": v for k, v in _unwrap(model).state_dict().items()}
     tensors.update(rank_rng or {})
+    tensors.update({f"{AVERAGE_PREFIX}{k}": v for k, v in (averages or {}).items()})
     meta: dict[str, Any] = {
         "kind": KIND_LM,
         "level": level,
@@ -136,7 +147,8 @@ def load_lm(path: str | Path, device: torch.device | str = "cpu") -> LoadedLM:
         raise UserError(f"{path}: checkpoint metadata describes {shape.num_layers} layers, the "
                         f"file holds {layers_in_file}")
     check_weights_fit(lambda: LanguageModel(shape, keep_prob=config.keep_prob), tensors, path)
-    model = LanguageModel(shape, keep_prob=config.keep_prob, lstm_impl=config.lstm_impl)
+    model = LanguageModel(shape, keep_prob=config.keep_prob, lstm_impl=config.lstm_impl,
+                          regularisers=Regularisers.of(config))
     load_weights(model, tensors, path)
     model.to(device)
     return LoadedLM(model, config, vocab, level, meta, tensors, path)
@@ -152,11 +164,14 @@ def _described_model(meta: dict[str, Any], path: Path
         shape = LMShape(**meta_table(meta, "shape", path))
         for name in ("vocab_size", "hidden_size", "num_layers"):
             check_type(name, getattr(shape, name), "int")
+        check_type("tied", shape.tied, "bool")
     except (TypeError, UserError) as err:
         raise UserError(f"{path}: checkpoint metadata is incomplete or invalid "
                         f"({one_line(str(err).removeprefix(f'{path}: '))})") from None
-    described = (config.hidden_size, config.num_layers, config.cell, len(vocab))
-    if (shape.hidden_size, shape.num_layers, shape.cell, shape.vocab_size) != described:
+    described = (config.hidden_size, config.num_layers, config.cell, len(vocab),
+                 config.tie_weights)
+    if (shape.hidden_size, shape.num_layers, shape.cell, shape.vocab_size,
+            shape.tied) != described:
         raise UserError(f"{path}: checkpoint metadata disagrees with itself (the shape "
                         f"{shape} is not that of its config and {len(vocab)}-token vocabulary)")
     level = meta.get("level", "word")
@@ -199,6 +214,18 @@ def restore_rng(loaded: LoadedLM) -> None:
     except (KeyError, TypeError, RuntimeError) as err:
         raise UserError(f"{loaded.path}: unusable random-number state, cannot resume from it "
                         f"({type(err).__name__})") from None
+
+
+def saved_averages(loaded: LoadedLM, model: LanguageModel) -> dict[str, torch.Tensor]:
+    """NT-ASGD's averaged weights as saved, one per parameter of `model`, checked."""
+    names = dict(model.named_parameters())
+    averages = {k[len(AVERAGE_PREFIX):]: v for k, v in loaded.tensors.items()
+                if k.startswith(AVERAGE_PREFIX)}
+    if set(averages) != set(names) or any(averages[k].shape != names[k].shape
+                                          for k in names):
+        raise UserError(f"{loaded.path}: unusable averaged weights (NT-ASGD), cannot resume "
+                        f"from it")
+    return averages
 
 
 def carried_state(loaded: LoadedLM, device: torch.device) -> tuple[torch.Tensor, ...] | None:

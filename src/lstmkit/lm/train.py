@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,13 +20,21 @@ import torch
 from lstmkit.device import autocast, check_precision, resolve_device, resolve_precision
 from lstmkit.distributed import World, joined, launched_world, rank_console
 from lstmkit.errors import UserError, check_memory, model_fits
-from lstmkit.lm.batching import batch_rows, bptt_windows, epoch_size
+from lstmkit.lm.averaging import WeightAverage, starts_averaging
+from lstmkit.lm.batching import (
+    batch_rows,
+    bptt_windows,
+    epoch_size,
+    random_window_lengths,
+    windows_of_lengths,
+)
 from lstmkit.lm.config import LMConfig
 from lstmkit.lm.data import TokenSplits
 from lstmkit.lm.evaluate import perplexity, stream_perplexity
 from lstmkit.lm.model import (
     LanguageModel,
     LMShape,
+    Regularisers,
     build_language_model,
     parameter_count,
 )
@@ -37,7 +46,9 @@ from lstmkit.lm.runs import (
     restore_optimizer,
     restore_rng,
     save_lm_checkpoint,
+    saved_averages,
 )
+from lstmkit.lm.schedule import TimeBudget, learning_rate
 from lstmkit.nn import kernels
 from lstmkit.nn.recurrent import describe_lstm_impl, detach_state
 from lstmkit.reporting import (
@@ -79,7 +90,11 @@ class NonFiniteLoss(UserError):
 
 
 # The weights' shapes, and the windows that the saved position in the epoch counts.
-FIXED_ON_RESUME = ("cell", "num_layers", "hidden_size", "batch_size", "num_steps")
+FIXED_ON_RESUME = ("cell", "num_layers", "hidden_size", "tie_weights", "batch_size",
+                   "num_steps", "variable_bptt")
+# Timing of the final evaluations for a time budget's reserve: stream and batched samples.
+PROBE_STREAM_TOKENS = 2000
+PROBE_BATCH_TOKENS = 10000
 
 
 def train_language_model(config: LMConfig, data: TokenSplits, save_path: str | Path | None,
@@ -155,13 +170,15 @@ def _train_in_run(config: LMConfig, data: TokenSplits, run: RunDir,
                          _scalar_writer(tensorboard, windows, resumed, world))
 
     if resume:
-        model, optimizer, progress, carried = _resume(config, data, resumed, world, metrics)
+        model, optimizer, progress, carried, average = _resume(config, data, resumed, world,
+                                                               metrics)
         console.say(f"Resuming {run_dir / MODEL_FILE} at epoch {progress.epoch}, "
                     f"step {progress.step}")
     else:
         world.seed_replica(config.seed)
         optimizer = make_optimizer(config, model)
         progress, carried = Progress(), None
+        average = WeightAverage(model)
     console.say(f"seed {config.seed}: runs with the same seed, device and thread count repeat "
                 f"exactly | device {device.type} | precision {_precision_label(config, device)} | "
                 f"{sum(p.numel() for p in model.parameters()):,} parameters")
@@ -177,50 +194,64 @@ def _train_in_run(config: LMConfig, data: TokenSplits, run: RunDir,
 
     # This rank's rows of the batch (all of them in a world of one); it carries their state.
     rows = batch_rows(data.train, config.batch_size)[world.share(config.batch_size)].to(device)
-    save = _Saver(run, model, optimizer, config, data, metrics, world)
+    budget = _start_budget(config, model, data, progress, console)
+    save = _Saver(run, model, optimizer, config, data, metrics, world, average, budget)
     window_loss = world.wrap(_WindowLoss(model))  # DDP (if W > 1) broadcasts rank 0's weights
     rollback = None
     if config.on_nan == "rollback":
-        rollback = _Rollback(run_dir, model, optimizer, config, world, metrics, console)
+        rollback = _Rollback(run_dir, model, optimizer, config, world, metrics, console, average)
         if not resume:
             save.checkpoint(progress, carried=None, best=False)  # something to roll back to
+    plan = _Plan(config, budget, world, console, windows)
 
-    while progress.epoch <= config.max_max_epoch:
+    while progress.epoch <= config.max_max_epoch and not plan.finished(progress):
         epoch = progress.epoch
-        lr = config.learning_rate_for_epoch(epoch) * progress.lr_scale
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        lr = plan.learning_rate(progress)
+        set_learning_rate(optimizer, lr)
         console.say(f"Epoch: {epoch} Learning rate: {lr:.3f}")
         try:
-            _train_epoch(model, optimizer, rows, windows, config, progress, carried, console,
-                         metrics, save, world, window_loss)
+            stopped = _train_epoch(model, optimizer, rows, config, progress, carried, console,
+                                   metrics, save, world, window_loss, plan, average)
         except NonFiniteLoss as fault:
             if rollback is None:
                 raise
             progress, carried = rollback.recover(fault, progress)
             continue
         carried = None
-        train_ppl = safe_exp(progress.costs / progress.iters)
-        valid = perplexity(model, data.valid, config.eval_batch_size, config.eval_num_steps,
-                           config.precision)
+        train_ppl = safe_exp(progress.costs / max(progress.iters, 1))
+        started = time.monotonic()
+        with average.swapped_in():
+            valid = perplexity(model, data.valid, config.eval_batch_size, config.eval_num_steps,
+                               config.precision)
         valid = dataclasses.replace(valid, nll=world.agree([valid.nll])[0])  # rank 0's decides
+        if budget is not None:
+            budget.eval_seconds = time.monotonic() - started
         valid_loss = valid.nll / valid.tokens  # nats per token (per character at char level)
         console.say(f"Epoch: {epoch} Train Perplexity: {train_ppl:.3f}")
+        averaged = f", weights averaged over {average.count:,} steps" if average.active else ""
         console.say(f"Epoch: {epoch} Valid Perplexity: {valid.value:.3f} "
-                    f"(loss {valid_loss:.4f} nats/{data.level})")
+                    f"(loss {valid_loss:.4f} nats/{data.level}{averaged})")
+        lr = optimizer.param_groups[0]["lr"]  # the epoch's last (decaying schedules)
         record = {"event": "epoch", "epoch": epoch, "learning_rate": lr,
                   "train_perplexity": train_ppl, "valid_perplexity": valid.value,
                   "train_loss": math.log(train_ppl), "valid_loss": valid_loss}
+        if stopped:
+            record["fraction"] = progress.step / max(plan.windows_in_epoch, 1)
+        if average.active:
+            record["averaged_steps"] = average.count
+        _check_averaging(config, progress, valid.value, average, console, metrics)
         metrics.write(record)
         progress.history.append(record)
         improved = progress.best_valid is None or valid.value < progress.best_valid
         progress.best_valid = valid.value if improved else progress.best_valid
         progress.epoch, progress.step, progress.costs, progress.iters = epoch + 1, 0, 0.0, 0
+        plan.replan(progress)
         save.checkpoint(progress, carried=None, best=improved)
 
-    test = stream_perplexity(model, data.test, config.precision)
-    fast = perplexity(model, data.test, config.eval_batch_size, config.eval_num_steps,
-                      config.precision)
+    with average.swapped_in():
+        test = stream_perplexity(model, data.test, config.precision)
+        fast = perplexity(model, data.test, config.eval_batch_size, config.eval_num_steps,
+                          config.precision)
     console.say(f"Test Perplexity: {test.value:.3f} ({test.shape}, {test.tokens} targets)")
     console.say(f"Test Perplexity: {fast.value:.3f} ({fast.shape}, {fast.tokens} targets)")
     metrics.write({"event": "test", "test_perplexity": test.value, "shape": test.shape,
@@ -231,28 +262,149 @@ def _train_in_run(config: LMConfig, data: TokenSplits, run: RunDir,
                             f"{data.level}-level {config.cell.upper()}, "
                             f"{config.num_layers}x{config.hidden_size}")
     metrics.close()
+    if budget is not None:
+        console.say(f"time budget: {budget.used():.0f} s of {budget.seconds:.0f} s used")
     return TrainResult(progress.history, test.value, fast.value, run_dir)
 
 
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def _check_averaging(config: LMConfig, progress: Progress, valid: float,
+                     average: WeightAverage, console: Console, metrics: MetricsLog) -> None:
+    """NT-ASGD: start averaging once valid perplexity stops improving (lm/averaging.py)."""
+    if average.active or not config.asgd_nonmono:
+        return
+    previous = [r["valid_perplexity"] for r in progress.history if r.get("event") == "epoch"]
+    if starts_averaging(previous, valid, config.asgd_nonmono):
+        average.start()
+        progress.asgd_count = average.count
+        console.say(f"NT-ASGD: valid perplexity {valid:.3f} is no better than the best before "
+                    f"the last {config.asgd_nonmono} checks; averaging the weights from here")
+        metrics.write({"event": "averaging", "epoch": progress.epoch,
+                       "windows_done": progress.windows_done})
+
+
+def _start_budget(config: LMConfig, model: LanguageModel, data: TokenSplits,
+                  progress: Progress, console: Console) -> TimeBudget | None:
+    """The run's time budget with its final reserve measured; None without a budget."""
+    seconds = config.budget_seconds
+    if seconds is None:
+        return None
+    budget = TimeBudget(seconds, progress.budget_used)
+    budget.final_seconds, budget.eval_seconds = _final_evaluation_seconds(model, data, config)
+    console.say(f"time budget {seconds:.0f} s ({progress.budget_used:.0f} s used before): "
+                f"training stops with {budget.reserve():.0f} s left for the final validation, "
+                f"test and saving; the schedule is planned from the measured speed")
+    return budget
+
+
+def _final_evaluation_seconds(model: LanguageModel, data: TokenSplits, config: LMConfig
+                              ) -> tuple[float, float]:
+    """Estimates, from timed samples, of the final evaluations (valid, test on one stream and
+    batched) and of one validation check, in seconds."""
+    started = time.monotonic()
+    sample = data.valid[:PROBE_STREAM_TOKENS]
+    stream_perplexity(model, sample, config.precision)
+    stream_rate = sample.numel() / max(time.monotonic() - started, 1e-9)
+    started = time.monotonic()
+    sample = data.valid[:max(PROBE_BATCH_TOKENS, 2 * config.eval_batch_size)]
+    perplexity(model, sample, config.eval_batch_size, config.eval_num_steps, config.precision)
+    batch_rate = sample.numel() / max(time.monotonic() - started, 1e-9)
+    valid = data.valid.numel() / batch_rate
+    test = data.test.numel() / stream_rate + data.test.numel() / batch_rate
+    return valid + test, valid
+
+
+class _Plan:
+    """The learning-rate schedule over the run and, with a time budget, when training ends."""
+
+    def __init__(self, config: LMConfig, budget: TimeBudget | None, world: World,
+                 console: Console, windows: int) -> None:
+        self.config, self.budget, self.world, self.console = config, budget, world, console
+        self.windows = windows  # per epoch, nominal (variable_bptt: the fixed-length count)
+        self.windows_in_epoch = windows  # of the epoch in progress
+        self.planned_here = False
+
+    def total_windows(self, progress: Progress) -> int:
+        if self.budget is not None:
+            return progress.planned_windows
+        return self.config.max_max_epoch * self.windows
+
+    def learning_rate(self, progress: Progress) -> float:
+        return learning_rate(self.config, progress.epoch, progress.windows_done,
+                             self.total_windows(progress)) * progress.lr_scale
+
+    def finished(self, progress: Progress) -> bool:
+        """Whether the budget ends training now (every rank agrees: rank 0's clock decides)."""
+        if self.budget is None:
+            return False
+        done = self.budget.out_of_time() or (
+            progress.planned_windows > 0 and progress.windows_done >= progress.planned_windows)
+        return self.world.agree([float(done)])[0] > 0
+
+    def after_window(self, progress: Progress, seconds: float) -> bool:
+        """Account a trained window; whether the budget ends training here."""
+        if self.budget is None:
+            return False
+        self.budget.train_seconds += seconds
+        self.budget.train_windows += 1
+        if not self.planned_here and self.budget.can_plan():
+            self.planned_here = True
+            self.replan(progress)
+        return self.finished(progress)
+
+    def replan(self, progress: Progress) -> None:
+        if self.budget is None or not self.budget.can_plan():
+            return
+        planned = self.budget.plan(progress.windows_done, self.windows)
+        first = progress.planned_windows == 0
+        progress.planned_windows = int(self.world.agree([float(planned)])[0])
+        if first:
+            self.console.say(f"time budget: planned {progress.planned_windows:,} windows "
+                             f"({progress.planned_windows / self.windows:.1f} epochs) at "
+                             f"{self.budget.train_seconds / self.budget.train_windows * 1000:.0f} "
+                             f"ms a window")
+
+def _epoch_windows(rows: torch.Tensor, config: LMConfig, epoch: int, start: int,
+                   windows: int) -> tuple[Iterator[tuple[torch.Tensor, torch.Tensor]], int]:
+    """The epoch's (x, y) windows from window `start`, and how many the epoch has."""
+    if config.variable_bptt:  # a function of (seed, epoch): every rank draws the same
+        lengths = random_window_lengths(config.num_steps, rows.size(1), config.seed, epoch)
+        return windows_of_lengths(rows, lengths, start), len(lengths)
+    return bptt_windows(rows, config.num_steps, start=start), windows
+
+
 def _train_epoch(model: LanguageModel, optimizer: torch.optim.Optimizer, rows: torch.Tensor,
-                 windows: int, config: LMConfig, progress: Progress,
+                 config: LMConfig, progress: Progress,
                  carried: tuple[torch.Tensor, ...] | None, console: Console,
                  metrics: MetricsLog, save: _Saver, world: World,
-                 window_loss: torch.nn.Module) -> None:
+                 window_loss: torch.nn.Module, plan: _Plan, average: WeightAverage) -> bool:
     """One epoch from `progress.step` on this rank's `rows`; `window_loss` is the model's
-    window NLL, wrapped in DistributedDataParallel when there are several ranks."""
+    window loss, wrapped in DistributedDataParallel when there are several ranks. Returns
+    whether the time budget ended it early."""
     model.train()
     device = rows.device
     state = carried if carried is not None else model.zero_state(rows.size(0))
-    start_time, start_step = time.perf_counter(), progress.step
+    start_time, words = time.perf_counter(), 0
+    batches, windows = _epoch_windows(rows, config, progress.epoch, progress.step, plan.windows)
+    plan.windows_in_epoch = windows
+    decays = config.lr_schedule != "epochs"
     bar = console.progress(windows, progress.step, f"epoch {progress.epoch}")
-    for x, y in bptt_windows(rows, config.num_steps, start=progress.step):
+    for x, y in batches:
+        window_start = time.perf_counter()
+        if decays:
+            set_learning_rate(optimizer, plan.learning_rate(progress))
         state = detach_state(state)
         with autocast(config.precision, device):
-            nll, state = window_loss(x, y, state)
+            nll, penalty, state = window_loss(x, y, state)
         # Summed over time steps, averaged over the batch. With W ranks each averages over its
         # B/W rows and DDP averages their gradients: the gradient of sum(nll) / B, as alone.
         cost = nll / rows.size(0)
+        if penalty is not None:
+            cost = cost + penalty
         optimizer.zero_grad(set_to_none=True)
         cost.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(),
@@ -260,7 +412,8 @@ def _train_epoch(model: LanguageModel, optimizer: torch.optim.Optimizer, rows: t
         # The whole batch's cost, the same on every rank: so is the decision to stop on inf.
         # (The gradient norm is of the all-reduced gradients: the same on every rank too.)
         cost_value = (world.summed(nll.detach()) / config.batch_size).item()
-        per_token = cost_value / config.num_steps
+        steps = x.size(1)
+        per_token = cost_value / steps
         if not (math.isfinite(cost_value) and math.isfinite(grad_norm)
                 and per_token <= MAX_LOSS_PER_TOKEN):
             bar.close()  # checked before the step, so a NaN never reaches the weights
@@ -270,13 +423,16 @@ def _train_epoch(model: LanguageModel, optimizer: torch.optim.Optimizer, rows: t
                          f"can hold")
             raise NonFiniteLoss(what, progress.epoch, progress.step + 1, save.checkpointed())
         optimizer.step()
+        average.update()
+        progress.asgd_count = average.count
         progress.costs += cost_value
-        progress.iters += config.num_steps
+        progress.iters += steps
         progress.step += 1
+        progress.windows_done += 1
+        words += config.batch_size * steps
         bar.update(1)
         if crosses_report_point(progress.step, windows):
             elapsed = time.perf_counter() - start_time
-            words = (progress.step - start_step) * config.batch_size * config.num_steps
             running = safe_exp(progress.costs / progress.iters)
             wps = words / max(elapsed, 1e-9)
             console.say(f"{progress.step / windows:.3f} perplexity: {running:.3f} "
@@ -284,20 +440,28 @@ def _train_epoch(model: LanguageModel, optimizer: torch.optim.Optimizer, rows: t
             metrics.write({"event": "progress", "epoch": progress.epoch, "step": progress.step,
                            "fraction": progress.step / windows, "perplexity": running,
                            "words_per_sec": wps})
+        stop = plan.after_window(progress, time.perf_counter() - window_start)
+        if stop:
+            break
         if config.checkpoint_every and progress.step % config.checkpoint_every == 0 \
                 and progress.step < windows:
             save.checkpoint(progress, carried=detach_state(state), best=False)
+    else:
+        stop = False
     bar.close()
     if not weights_finite(model):  # a finite but huge step can still overflow the weights
         raise NonFiniteLoss("the weights are not finite", progress.epoch, progress.step,
                             save.checkpointed())
+    return stop
 
 
 def make_optimizer(config: LMConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     """The tutorial's plain SGD, or Adam; the epoch schedule sets the rate of either."""
     if config.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    return torch.optim.SGD(model.parameters(), lr=config.learning_rate)
+        return torch.optim.Adam(model.parameters(), lr=config.learning_rate,
+                                weight_decay=config.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=config.learning_rate,
+                           weight_decay=config.weight_decay)
 
 
 # float32 weights, their gradients and the optimizer's state (SGD: none; Adam: two moments).
@@ -360,7 +524,7 @@ class _WindowLoss(torch.nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, state: tuple[torch.Tensor, ...]):
-        return self.model.window_nll(x, y, state)
+        return self.model.window_loss(x, y, state)
 
 
 class _Saver:
@@ -373,9 +537,11 @@ class _Saver:
 
     def __init__(self, run: RunDir, model: LanguageModel,
                  optimizer: torch.optim.Optimizer, config: LMConfig, data: TokenSplits,
-                 metrics: MetricsLog, world: World) -> None:
+                 metrics: MetricsLog, world: World, average: WeightAverage,
+                 budget: TimeBudget | None) -> None:
         self.run, self.run_dir, self.model, self.optimizer = run, run.path, model, optimizer
         self.config, self.data, self.metrics, self.world = config, data, metrics, world
+        self.average, self.budget = average, budget
 
     def checkpointed(self) -> bool:
         """Whether this run has a checkpoint on disk to fall back to."""
@@ -394,11 +560,15 @@ class _Saver:
         if not self.world.is_main:
             return
         progress.metrics_bytes = self.metrics.size()
+        if self.budget is not None:
+            progress.budget_used = self.budget.used()
         if best:  # before the latest: a run killed between the two writes redoes both
-            save_lm_checkpoint(self.run_dir / BEST_FILE, self.model, self.config,
-                               self.data.vocab, self.data.level)
+            with self.average.swapped_in():  # NT-ASGD: the average is the model
+                save_lm_checkpoint(self.run_dir / BEST_FILE, self.model, self.config,
+                                   self.data.vocab, self.data.level)
         save_lm_checkpoint(self.run_dir / MODEL_FILE, self.model, self.config, self.data.vocab,
-                           self.data.level, self.optimizer, progress, carried, rank_rng)
+                           self.data.level, self.optimizer, progress, carried, rank_rng,
+                           self.average.by_name())
         self.run.accept()  # a replaced run's files may go now: this one can be resumed
 
 
@@ -422,18 +592,23 @@ def _resume(config: LMConfig, data: TokenSplits, loaded: LoadedLM, world: World,
     # What the resumed config may change without touching the weights' shapes, applied.
     model.lstm_impl = config.lstm_impl
     model.set_keep_prob(config.keep_prob)
+    model.regularisers = Regularisers.of(config)
     optimizer = make_optimizer(config, model)
-    progress, carried = _restore(loaded, optimizer, config, world, metrics)
-    return model, optimizer, progress, carried
+    average = WeightAverage(model)
+    progress, carried = _restore(loaded, optimizer, average, config, world, metrics)
+    return model, optimizer, progress, carried, average
 
 
-def _restore(loaded: LoadedLM, optimizer: torch.optim.Optimizer, config: LMConfig,
-             world: World, metrics: MetricsLog
+def _restore(loaded: LoadedLM, optimizer: torch.optim.Optimizer, average: WeightAverage,
+             config: LMConfig, world: World, metrics: MetricsLog
              ) -> tuple[Progress, tuple[torch.Tensor, ...] | None]:
-    """Optimizer, RNG, position and metrics log as `loaded` saved them (the caller: weights)."""
+    """Optimizer, NT-ASGD average, RNG, position and metrics log as `loaded` saved them (the
+    caller: weights)."""
     device = world.device
     restore_optimizer(optimizer, loaded)
     progress = loaded.progress
+    averages = saved_averages(loaded, loaded.model) if progress.asgd_count else None
+    average.restore(averages, progress.asgd_count)
     if not world.restore_rng(loaded.tensors):  # saved by a world of another size, or alone
         if world.is_main:
             restore_rng(loaded)
@@ -455,8 +630,9 @@ class _Rollback:
     """
 
     def __init__(self, run_dir: Path, model: LanguageModel, optimizer: torch.optim.Optimizer,
-                 config: LMConfig, world: World, metrics: MetricsLog, console: Console) -> None:
-        self.run_dir, self.model, self.optimizer = run_dir, model, optimizer
+                 config: LMConfig, world: World, metrics: MetricsLog, console: Console,
+                 average: WeightAverage) -> None:
+        self.run_dir, self.model, self.optimizer, self.average = run_dir, model, optimizer, average
         self.config, self.world, self.metrics, self.console = config, world, metrics, console
         self.target: tuple[int, int] | None = None  # (epoch, step) last rolled back to
         self.streak: list[dict] = []  # metrics records of the rollbacks to `target`
@@ -475,8 +651,8 @@ class _Rollback:
                             f"{where} (learning rate now {progress.lr_scale:g} x the schedule); "
                             f"{path} is intact (try a lower learning_rate or max_grad_norm)")
         self.model.load_state_dict(loaded.model.state_dict())
-        restored, carried = _restore(loaded, self.optimizer, self.config, self.world,
-                                     self.metrics)
+        restored, carried = _restore(loaded, self.optimizer, self.average, self.config,
+                                     self.world, self.metrics)
         restored.lr_scale = progress.lr_scale * ROLLBACK_LR_FACTOR
         self.streak.append({"event": "rollback", "epoch": fault.epoch, "step": fault.step,
                             "fault": fault.what, "to_epoch": saved.epoch,

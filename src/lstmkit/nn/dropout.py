@@ -102,3 +102,33 @@ def _splitmix64(z: torch.Tensor) -> torch.Tensor:
     z = (z ^ _shift_right(z, 30)) * _MIX1
     z = (z ^ _shift_right(z, 27)) * _MIX2
     return z ^ _shift_right(z, 31)
+
+
+# --- AWD-LSTM's dropouts (Merity et al. 2017): masks drawn from torch's global generator,
+# which checkpoints save, so a resumed run draws the same ones. ---
+
+def locked_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """Variational dropout of batch-first `x` [B, T, H]: one mask per row, the same at every
+    time step (Gal & Ghahramani 2016); kept units scaled by 1 / (1 - p)."""
+    if not training or p == 0:
+        return x
+    mask = torch.empty(x.size(0), 1, x.size(2), device=x.device).bernoulli_(1 - p)
+    return x * mask.div_(1 - p).to(x.dtype)
+
+
+def embedding_dropout(embedded: torch.Tensor, ids: torch.Tensor, vocab_size: int, p: float,
+                      training: bool = True) -> torch.Tensor:
+    """Drop whole word types: every occurrence of a dropped type in the window is zero, the
+    kept ones scaled by 1 / (1 - p). `embedded` [B, T, H] is the lookup of `ids` [B, T].
+
+    The same as looking `ids` up in the embedding matrix with rows dropped, without touching
+    the matrix (which a tied output layer reads undropped)."""
+    if not training or p == 0:
+        return embedded
+    keep = torch.empty(vocab_size, device=ids.device).bernoulli_(1 - p).div_(1 - p)
+    return embedded * keep[ids].unsqueeze(-1).to(embedded.dtype)
+
+
+def weight_drop(weight: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """DropConnect (Wan et al. 2013) on a weight matrix: one mask for the whole window."""
+    return hash_dropout(weight, p, training)

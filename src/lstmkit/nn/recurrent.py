@@ -9,13 +9,27 @@ takes ours where it measured faster (see `uses_native_lstm`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from lstmkit.device import cpu_has_native_bf16
+from lstmkit.nn.dropout import hash_dropout
 from lstmkit.nn.lstm import fused_lstm, lstm_weights, native_kernel
 
 State = tuple[torch.Tensor, ...]
+Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class LayerHooks:
+    """What a stack run layer by layer does between its layers: `between` transforms each
+    layer's input after the first (after the module's own dropout), `weight_hh` each layer's
+    hidden-to-hidden weights for this window (AWD-LSTM's locked dropout and weight drop)."""
+    between: Transform | None = None
+    weight_hh: Transform | None = None
 
 _MODULES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 CELLS = tuple(_MODULES)  # the cells every model of the package can be built with
@@ -46,13 +60,16 @@ def detach_state(state: State) -> State:
 
 
 def run_recurrent(rnn: nn.RNNBase, inputs: torch.Tensor, state: State,
-                  lstm_impl: str = "auto") -> tuple[torch.Tensor, State]:
+                  lstm_impl: str = "auto", hooks: LayerHooks | None = None
+                  ) -> tuple[torch.Tensor, State]:
+    """The stack over batch-first `inputs`; with `hooks`, layer by layer (see LayerHooks)."""
+    run = _run if hooks is None else _layer_by_layer(hooks)
     if inputs.device.type == "cpu" and _bf16_autocast_without_native_bf16():
         # oneDNN has no bf16 recurrent primitive on such CPUs ("could not create a primitive
         # descriptor"): run this layer in fp32 so bf16 models still train and evaluate there.
         with torch.autocast("cpu", enabled=False):
-            return _run(rnn, inputs.float(), tuple(s.float() for s in state), lstm_impl)
-    return _run(rnn, inputs, state, lstm_impl)
+            return run(rnn, inputs.float(), tuple(s.float() for s in state), lstm_impl)
+    return run(rnn, inputs, state, lstm_impl)
 
 
 def uses_native_lstm(rnn: nn.RNNBase, device: torch.device, lstm_impl: str,
@@ -103,6 +120,52 @@ def _run(rnn: nn.RNNBase, inputs: torch.Tensor, state: State, lstm_impl: str
         return outputs, (h, c)
     outputs, h = rnn(inputs, state[0])
     return outputs, (h,)
+
+
+_WEIGHT_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+# PyTorch's own single-layer recurrences, called as its modules call them (torch._VF), so a
+# layer can run on weights computed for the window (weight drop).
+_FUNCTIONS = {"LSTM": torch._VF.lstm, "GRU": torch._VF.gru, "RNN_TANH": torch._VF.rnn_tanh,
+              "RNN_RELU": torch._VF.rnn_relu}
+
+
+def _layer_by_layer(hooks: LayerHooks):
+    def run(rnn: nn.RNNBase, inputs: torch.Tensor, state: State, lstm_impl: str
+            ) -> tuple[torch.Tensor, State]:
+        lstm = is_lstm(rnn)
+        bf16 = torch.is_autocast_enabled("cpu") and \
+            torch.get_autocast_dtype("cpu") == torch.bfloat16
+        training = rnn.training and torch.is_grad_enabled()
+        native = lstm and uses_native_lstm(rnn, inputs.device, lstm_impl, bf16, training)
+        x, finals = inputs, [[] for _ in state]
+        for layer in range(rnn.num_layers):
+            if layer > 0:
+                x = hash_dropout(x, rnn.dropout, rnn.training)
+                x = hooks.between(x) if hooks.between else x
+            w_ih, w_hh, b_ih, b_hh = (getattr(rnn, f"{name}_l{layer}") for name in _WEIGHT_NAMES)
+            w_hh = hooks.weight_hh(w_hh) if hooks.weight_hh else w_hh
+            layer_state = tuple(s[layer:layer + 1] for s in state)
+            if native:
+                x, layer_state = fused_lstm(x, layer_state, [(w_ih, w_hh, b_ih, b_hh)], 0.0,
+                                            rnn.training)
+            else:
+                x, layer_state = _one_layer(rnn, x, layer_state, [w_ih, w_hh, b_ih, b_hh])
+            for parts, s in zip(finals, layer_state, strict=True):
+                parts.append(s)
+        return x, tuple(torch.cat(parts) for parts in finals)
+    return run
+
+
+def _one_layer(rnn: nn.RNNBase, x: torch.Tensor, state: State, weights: list[torch.Tensor]
+               ) -> tuple[torch.Tensor, State]:
+    """One layer of `rnn`'s kind on `weights`, as nn.LSTM/GRU/RNN would run it."""
+    function = _FUNCTIONS[rnn.mode]
+    args = (weights, True, 1, 0.0, rnn.training, False, True)
+    if rnn.mode == "LSTM":
+        out, h, c = function(x, (state[0], state[1]), *args)
+        return out, (h, c)
+    out, h = function(x, state[0], *args)
+    return out, (h,)
 
 
 def init_recurrent_(rnn: nn.RNNBase, init_scale: float, forget_bias: float) -> None:

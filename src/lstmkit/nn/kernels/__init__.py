@@ -3,7 +3,10 @@
 The C++ sources ship with the package; the first call builds one with
 `torch.utils.cpp_extension.load` (g++ and ninja, about 30 s, once) into a cache directory keyed
 by source, torch, Python and the CPU's instruction sets, so `-march=native` code never runs on
-another CPU. cpp_extension also locks the build against a second process and reuses it later.
+another CPU, and reuses it later. A second process waits for a build in progress on an OS lock
+(released when the builder dies): cpp_extension's own lock file outlives a build killed midway
+and would make every later process wait forever, so one found while holding the OS lock is
+stale and removed.
 
 Without a compiler, or with LSTMKIT_KERNELS=0, callers get None and use their plain PyTorch
 path, which computes the same function. Every other failure to build (a broken source, an
@@ -14,6 +17,7 @@ the tests can fail where a compiler exists but the kernel does not build.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import platform
@@ -83,7 +87,7 @@ def _build_and_import(name: str, check: Callable[[ModuleType], None] | None
 
         build_dir = _cache_dir() / module_name
         build_dir.mkdir(parents=True, exist_ok=True)
-        with _quiet_build():
+        with _build_lock(build_dir), _quiet_build():
             module = cpp_load(name=module_name, sources=[str(source)],
                               build_directory=str(build_dir),
                               extra_cflags=["-O3", "-march=native", "-fopenmp"],
@@ -96,6 +100,15 @@ def _build_and_import(name: str, check: Callable[[ModuleType], None] | None
         warnings.warn(f"lstmkit: native kernel {name} unavailable ({_errors[name]}); using the "
                       "plain PyTorch path", LstmkitWarning, stacklevel=3)
         return None
+
+
+@contextlib.contextmanager
+def _build_lock(build_dir: Path):
+    """Hold an OS lock on `build_dir`'s build; clear cpp_extension's file lock, stale by then."""
+    with open(build_dir / "build.flock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        (build_dir / "lock").unlink(missing_ok=True)  # cpp_extension's FileBaton
+        yield
 
 
 @contextlib.contextmanager
