@@ -53,6 +53,15 @@ instruction_sets() {
     echo "${found[*]:-none of AVX2, AVX-512, AVX512-BF16, AMX}"
 }
 
+# The CPU's name with its family and model: "AMD EPYC" alone names Zen 3, 4 and 5 alike.
+cpu_name() {
+    local name family model
+    name=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
+    family=$(sed -n 's/^cpu family[[:space:]]*: *//p' /proc/cpuinfo 2>/dev/null | head -1)
+    model=$(sed -n 's/^model[[:space:]]*: *//p' /proc/cpuinfo 2>/dev/null | head -1)
+    echo "$name (family ${family:-?}, model ${model:-?})"
+}
+
 # Physical cores (distinct socket/core pairs) and hardware threads (logical CPUs).
 cores_and_threads() {
     local cores threads
@@ -99,7 +108,7 @@ redirect() { if [[ -n $append ]]; then cat >> "$1"; else cat > "$1"; fi; }
 {
     echo "segment $segment"
     echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-    echo "cpu: $(lscpu | sed -n 's/^Model name: *//p' | head -1)"
+    echo "cpu: $(cpu_name)"
     echo "instruction sets: $(instruction_sets)"
     echo "cores: $(cores_and_threads)"
     echo "OMP_NUM_THREADS: ${OMP_NUM_THREADS:-unset}"

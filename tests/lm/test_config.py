@@ -38,7 +38,7 @@ def test_learning_rate_schedule_for_each_preset(name, expected):
 
 def test_default_config_is_the_small_preset():
     assert LMConfig() == preset("small")
-    assert set(PRESETS) == {"small", "medium", "large", "test", "char", "cpu-hour"}
+    assert set(PRESETS) == {"small", "medium", "large", "test", "char", "cpu-hour", "awd"}
 
 
 def test_command_line_strings_are_coerced_to_field_types():

@@ -42,7 +42,7 @@ def config(**changes):
 
 def test_the_seeds_presets_leave_every_new_piece_off():
     for name in ("small", "medium", "large", "test"):
-        assert not set(PRESETS[name]) & set(NEW_FIELDS), name
+        assert not set(PRESETS[name]) & {*NEW_FIELDS, "embedding_size"}, name
         cfg = preset(name)
         assert Regularisers.of(cfg) == Regularisers() and not cfg.tie_weights
         assert cfg.lr_schedule == "epochs" and cfg.time_budget == "" and not cfg.variable_bptt
@@ -268,7 +268,74 @@ def test_bad_regulariser_settings_are_refused_in_one_line(field, value, message)
         config(**{field: value})
 
 
-EVERYTHING = dict(tie_weights=True, locked_dropout_input=0.3, locked_dropout_hidden=0.2,
+def test_a_tied_top_layer_of_the_embedding_size_as_awd_lstm_builds_it():
+    shape = LMShape.of(preset("awd"), 10000)
+    assert shape.layer_sizes() == [(400, 1150), (1150, 1150), (1150, 400)]
+    with torch.device("meta"):
+        model = LanguageModel(shape)
+    assert sum(p.numel() for p in model.parameters()) == parameter_count(shape)
+    assert 24_000_000 < parameter_count(shape) < 24_300_000, "AWD-LSTM's 24M"
+    assert model.rnn.num_layers == 2 and model.rnn_top.hidden_size == 400
+    assert model.decoder.weight is model.embedding.weight
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_a_model_with_a_narrower_top_layer_carries_its_state_across_windows(layers):
+    torch.manual_seed(0)
+    model = build_language_model(config(hidden_size=12, embedding_size=5, tie_weights=True,
+                                        num_layers=layers), 30).eval()
+    ids = torch.randint(0, 30, (3, 10))
+    state = model.zero_state(3)
+    assert state[0].shape == (layers, 3, 12 if layers > 1 else 5)
+    whole, end = model(ids, state)
+    first, mid = model(ids[:, :4], state)
+    second, end2 = model(ids[:, 4:], mid)
+    assert torch.allclose(torch.cat([first, second], 1), whole, atol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(end, end2, strict=True))
+    if layers > 1:  # the top layer's state is zero past its width
+        assert torch.count_nonzero(end[0][-1, :, 5:]) == 0
+
+
+def test_lstmkits_layer_and_onednns_agree_on_a_model_with_a_narrower_top_layer():
+    torch.manual_seed(0)
+    model = build_language_model(config(hidden_size=12, embedding_size=5, tie_weights=True,
+                                        num_layers=3), 30).eval()
+    ids = torch.randint(0, 30, (2, 7))
+    outs = []
+    for impl in ("native", "onednn"):
+        model.lstm_impl = impl
+        outs.append(model(ids, model.zero_state(2)))
+    assert torch.allclose(outs[0][0], outs[1][0], atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(outs[0][1], outs[1][1],
+                                                               strict=True))
+
+
+def test_onnx_export_of_a_model_with_a_narrower_top_layer_matches_pytorch(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    import numpy as np
+
+    from lstmkit.lm.export import export_onnx
+    from lstmkit.lm.runs import save_lm_checkpoint
+    from lstmkit.vocab import Vocab
+
+    torch.manual_seed(0)
+    cfg = config(hidden_size=12, embedding_size=5, tie_weights=True, num_layers=3)
+    vocab = Vocab(tuple(f"w{i}" for i in range(29)) + ("<unk>",), "<unk>")
+    model = build_language_model(cfg, len(vocab)).eval()
+    (tmp_path / "run").mkdir()
+    save_lm_checkpoint(tmp_path / "run" / "model.safetensors", model, cfg, vocab)
+    export_onnx(tmp_path / "run", tmp_path / "onnx")
+    doc = json.loads((tmp_path / "onnx" / "vocab.json").read_text())
+    assert doc["inputs"]["h"] == [3, "batch", 12]
+    session = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"))
+    ids = torch.randint(0, 30, (2, 6))
+    state = model.zero_state(2)
+    got = session.run(None, {"ids": ids.numpy(), "h": state[0].numpy(), "c": state[1].numpy()})
+    want, _ = model(ids, state)
+    assert np.allclose(got[0], want.detach().numpy(), atol=1e-4)
+
+
+EVERYTHING = dict(tie_weights=True, embedding_size=8, locked_dropout_input=0.3, locked_dropout_hidden=0.2,
                   locked_dropout_output=0.3, embedding_dropout=0.1, weight_drop=0.3, ar=2.0,
                   tar=1.0, weight_decay=1e-4, asgd_nonmono=1, variable_bptt=True,
                   lr_schedule="linear", hidden_size=16, batch_size=4, num_steps=6,

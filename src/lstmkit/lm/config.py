@@ -56,6 +56,9 @@ class LMConfig:
     tie_weights: bool = described(
         False, "the output layer reuses the embedding matrix (Inan et al. 2016; Press & Wolf "
         "2017)")
+    embedding_size: int = described(
+        0, "embedding size; 0: hidden_size. With tie_weights the top layer has this size too "
+        "(AWD-LSTM: 400 under layers of 1150)")
     locked_dropout_input: float = described(
         0.0, "variational dropout on the embedding output: one mask per row, the same at every "
         "time step")
@@ -146,6 +149,9 @@ class LMConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise UserError(f"config field {name} must be a number >= 0, got {value}")
+        if self.embedding_size < 0:
+            raise UserError(f"config field embedding_size must be >= 0 (0: hidden_size), got "
+                            f"{self.embedding_size}")
         if self.asgd_nonmono < 0:
             raise UserError(f"config field asgd_nonmono must be >= 0, got {self.asgd_nonmono}")
         budget_seconds(self.time_budget)
@@ -185,6 +191,18 @@ PRESETS: dict[str, dict[str, Any]] = {
                      locked_dropout_output=0.4, embedding_dropout=0.1, weight_drop=0.3,
                      ar=2.0, tar=1.0, weight_decay=4.2e-5, variable_bptt=True,
                      lr_schedule="cosine", time_budget="60m"),
+    # Not a tutorial preset: AWD-LSTM's PTB model and training (Merity et al. 2017, without its
+    # finetuning stage): 3 layers of 1150 under a tied 400-unit embedding, SGD at a constant
+    # rate for 500 epochs, NT-ASGD after 5 checks without improvement. Its rates in lstmkit's
+    # cost, summed over the 70 steps of a window: learning rate 30 / 70, clipping 0.25 x 70,
+    # weight decay 1.2e-6 x 70. One uniform init_scale replaces its per-layer initialisation.
+    # About 24M parameters: weeks on two CPU cores, a machine with time (or a GPU) for this.
+    "awd": dict(init_scale=0.04, learning_rate=30 / 70, max_grad_norm=0.25 * 70, num_layers=3,
+                num_steps=70, hidden_size=1150, max_epoch=500, max_max_epoch=500, keep_prob=1.0,
+                lr_decay=1.0, batch_size=20, tie_weights=True, embedding_size=400,
+                locked_dropout_input=0.4, locked_dropout_hidden=0.25, locked_dropout_output=0.4,
+                embedding_dropout=0.1, weight_drop=0.5, ar=2.0, tar=1.0, weight_decay=1.2e-6 * 70,
+                asgd_nonmono=5, variable_bptt=True),
     "test": dict(init_scale=0.1, learning_rate=1.0, max_grad_norm=1.0, num_layers=1, num_steps=2,
                  hidden_size=2, max_epoch=1, max_max_epoch=1, keep_prob=1.0, lr_decay=0.5,
                  batch_size=20),

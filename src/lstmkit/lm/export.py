@@ -113,10 +113,11 @@ def _vocab_document(loaded: LoadedLM, names: tuple[str, ...]) -> dict:
         "cell": shape.cell,
         "num_layers": shape.num_layers,
         "hidden_size": shape.hidden_size,
+        "state_size": shape.state_size,
         "inputs": {"ids": ["batch", "length"],
-                   **{name: [shape.num_layers, "batch", shape.hidden_size] for name in names}},
+                   **{name: [shape.num_layers, "batch", shape.state_size] for name in names}},
         "outputs": {"logits": ["batch", "length", shape.vocab_size],
-                    **{f"{name}_out": [shape.num_layers, "batch", shape.hidden_size]
+                    **{f"{name}_out": [shape.num_layers, "batch", shape.state_size]
                        for name in names}},
     }
 
@@ -148,7 +149,7 @@ vocab = json.load(open("{VOCAB_JSON}", encoding="utf-8"))
 tokens = vocab["tokens"]
 session = ort.InferenceSession("{MODEL_ONNX}", providers=["CPUExecutionProvider"])
 state_names = [name for name in vocab["inputs"] if name != "ids"]
-state = {{name: np.zeros((vocab["num_layers"], 1, vocab["hidden_size"]), np.float32)
+state = {{name: np.zeros((vocab["num_layers"], 1, vocab["state_size"]), np.float32)
          for name in state_names}}
 rng = np.random.default_rng(0)
 ids = np.array([[tokens.index(vocab["start_token"])]], dtype=np.int64)

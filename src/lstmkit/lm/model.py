@@ -21,14 +21,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from lstmkit.lm.config import LMConfig
-from lstmkit.nn.dropout import Dropout, embedding_dropout, locked_dropout, weight_drop
+from lstmkit.nn.dropout import (
+    Dropout,
+    embedding_dropout,
+    hash_dropout,
+    locked_dropout,
+    weight_drop,
+)
 from lstmkit.nn.recurrent import (
     LayerHooks,
     State,
     init_recurrent_,
+    is_lstm,
     make_recurrent,
     run_recurrent,
-    zero_state,
 )
 from lstmkit.nn.softmax import linear_cross_entropy
 
@@ -41,11 +47,34 @@ class LMShape:
     num_layers: int
     cell: str = "lstm"
     tied: bool = False  # the decoder's weight is the embedding matrix (saved once)
+    embedding_size: int = 0  # 0: hidden_size
 
     @classmethod
     def of(cls, config: LMConfig, vocab_size: int) -> LMShape:
         return cls(vocab_size, config.hidden_size, config.num_layers, config.cell,
-                   config.tie_weights)
+                   config.tie_weights, config.embedding_size)
+
+    @property
+    def embedding_width(self) -> int:
+        return self.embedding_size or self.hidden_size
+
+    def layer_sizes(self) -> list[tuple[int, int]]:
+        """(input, hidden) size of each recurrent layer: hidden_size, but a tied model's top
+        layer has the embedding's size (it feeds the decoder that shares the matrix)."""
+        hidden = [self.hidden_size] * self.num_layers
+        if self.tied:
+            hidden[-1] = self.embedding_width
+        return list(zip([self.embedding_width, *hidden[:-1]], hidden, strict=True))
+
+    @property
+    def output_size(self) -> int:
+        return self.layer_sizes()[-1][1]
+
+    @property
+    def state_size(self) -> int:
+        """Width of the state tensors [num_layers, B, state_size]: the widest layer's (a
+        narrower layer's state is zero-padded)."""
+        return max(hidden for _, hidden in self.layer_sizes())
 
 
 @dataclass(frozen=True)
@@ -85,12 +114,18 @@ class LanguageModel(nn.Module):
         self.lstm_impl = lstm_impl  # which LSTM layer runs (nn/recurrent.py); not a parameter
         self.regularisers = regularisers  # train-time only; not parameters either
         drop = 1.0 - keep_prob
-        self.embedding = nn.Embedding(shape.vocab_size, shape.hidden_size)
+        sizes = shape.layer_sizes()
+        self.embedding = nn.Embedding(shape.vocab_size, shape.embedding_width)
         self.input_dropout = Dropout(drop)
-        self.rnn = make_recurrent(shape.cell, shape.hidden_size, shape.hidden_size,
-                                  shape.num_layers, dropout=drop)
+        # One stack where every layer has one size; otherwise the layers below and, as a stack
+        # of its own, a top layer of the embedding's size (AWD-LSTM's tied model).
+        uniform = len({hidden for _, hidden in sizes}) == 1
+        below = shape.num_layers if uniform else shape.num_layers - 1
+        self.rnn = make_recurrent(shape.cell, sizes[0][0], sizes[0][1], below, dropout=drop)
+        self.rnn_top = None if uniform else make_recurrent(shape.cell, *sizes[-1], 1, 0.0)
+        self.layer_dropout = drop  # between the two stacks, as between the layers of one
         self.output_dropout = Dropout(drop)
-        self.decoder = nn.Linear(shape.hidden_size, shape.vocab_size)
+        self.decoder = nn.Linear(shape.output_size, shape.vocab_size)
         if shape.tied:
             self.decoder.weight = self.embedding.weight
             # safetensors refuses two names for one storage: checkpoints hold the matrix once
@@ -105,17 +140,24 @@ class LanguageModel(nn.Module):
     def set_keep_prob(self, keep_prob: float) -> None:
         """Dropout on the non-recurrent connections: probability 1 - keep_prob."""
         drop = 1.0 - keep_prob
-        self.input_dropout.p = self.output_dropout.p = drop
-        self.rnn.dropout = drop if self.shape.num_layers > 1 else 0.0
+        self.input_dropout.p = self.output_dropout.p = self.layer_dropout = drop
+        self.rnn.dropout = drop if self.rnn.num_layers > 1 else 0.0
 
     def init_weights(self, init_scale: float, forget_bias: float = 0.0) -> None:
         for param in (self.embedding.weight, self.decoder.weight, self.decoder.bias):
             nn.init.uniform_(param, -init_scale, init_scale)
-        init_recurrent_(self.rnn, init_scale, forget_bias)
+        for rnn in self._stacks():
+            init_recurrent_(rnn, init_scale, forget_bias)
+
+    def _stacks(self) -> list[nn.Module]:
+        return [self.rnn] if self.rnn_top is None else [self.rnn, self.rnn_top]
 
     def zero_state(self, batch_size: int) -> State:
         weight = self.embedding.weight  # never quantised (lm.quantize), unlike the decoder
-        return zero_state(self.rnn, batch_size, weight.device, weight.dtype)
+        shape = (self.shape.num_layers, batch_size, self.shape.state_size)
+        count = 2 if is_lstm(self.rnn) else 1
+        return tuple(torch.zeros(shape, device=weight.device, dtype=weight.dtype)
+                     for _ in range(count))
 
     def hidden(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """Top-layer outputs [B, T, H] (after output dropout) and the state after the window."""
@@ -129,11 +171,25 @@ class LanguageModel(nn.Module):
         x = self.embedding(ids)
         x = embedding_dropout(x, ids, self.shape.vocab_size, reg.embedding_dropout, training)
         x = locked_dropout(self.input_dropout(x), reg.locked_dropout_input, training)
-        outputs, state = run_recurrent(self.rnn, x, state, self.lstm_impl,
-                                       reg.layer_hooks(training and torch.is_grad_enabled()))
+        outputs, state = self._recurrent(x, state,
+                                         reg.layer_hooks(training and torch.is_grad_enabled()))
         dropped = locked_dropout(self.output_dropout(outputs), reg.locked_dropout_output,
                                  training)
         return dropped, outputs, state
+
+    def _recurrent(self, x: torch.Tensor, state: State, hooks: LayerHooks | None
+                   ) -> tuple[torch.Tensor, State]:
+        if self.rnn_top is None:
+            return run_recurrent(self.rnn, x, state, self.lstm_impl, hooks)
+        below, width = self.rnn.num_layers, self.shape.state_size
+        lower = tuple(s[:below, :, :self.rnn.hidden_size].contiguous() for s in state)
+        x, lower = run_recurrent(self.rnn, x, lower, self.lstm_impl, hooks)
+        x = hash_dropout(x, self.layer_dropout, self.training)
+        x = hooks.between(x) if hooks is not None and hooks.between else x
+        top = tuple(s[below:, :, :self.rnn_top.hidden_size].contiguous() for s in state)
+        x, top = run_recurrent(self.rnn_top, x, top, self.lstm_impl, hooks)
+        return x, tuple(torch.cat([_padded(a, width), _padded(b, width).to(a.dtype)])
+                        for a, b in zip(lower, top, strict=True))
 
     def forward(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         outputs, state = self.hidden(ids, state)
@@ -174,6 +230,10 @@ class LanguageModel(nn.Module):
                                     self.decoder.bias, targets.reshape(-1))
 
 
+def _padded(state: torch.Tensor, width: int) -> torch.Tensor:
+    return F.pad(state, (0, width - state.size(-1)))
+
+
 def _drop_tied_copy(module: LanguageModel, state: dict[str, Any], prefix: str,
                     local_metadata: Any) -> None:
     if module.tied():
@@ -190,10 +250,12 @@ GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # weight blocks per layer of each cell
 
 def parameter_count(shape: LMShape) -> int:
     """The model's parameters, computed without building it (Python ints: never overflow)."""
-    hidden, gates = shape.hidden_size, GATES.get(shape.cell, 4)
-    recurrent = shape.num_layers * gates * hidden * (2 * hidden + 2)  # W_ih, W_hh, two biases
-    matrices = 1 if shape.tied else 2  # embedding and decoder
-    return shape.vocab_size * hidden * matrices + shape.vocab_size + recurrent
+    gates = GATES.get(shape.cell, 4)
+    recurrent = sum(gates * hidden * (inputs + hidden + 2)  # W_ih, W_hh, two biases
+                    for inputs, hidden in shape.layer_sizes())
+    embedding = shape.vocab_size * shape.embedding_width
+    decoder = 0 if shape.tied else shape.vocab_size * shape.output_size
+    return embedding + decoder + shape.vocab_size + recurrent
 
 
 def build_language_model(config: LMConfig, vocab_size: int) -> LanguageModel:

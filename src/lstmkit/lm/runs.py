@@ -142,7 +142,8 @@ def load_lm(path: str | Path, device: torch.device | str = "cpu") -> LoadedLM:
     if meta.get("kind") != KIND_LM:
         raise UserError(f"{path}: holds a {_kind(meta)}, not a language model")
     config, vocab, shape, level = _described_model(meta, path)
-    layers_in_file = sum(1 for name in tensors if name.startswith("model.rnn.weight_ih_l"))
+    layers_in_file = sum(1 for name in tensors
+                         if name.startswith(("model.rnn.weight_ih_l", "model.rnn_top.weight_ih_l")))
     if shape.num_layers != layers_in_file:  # checked first: building the layers takes time
         raise UserError(f"{path}: checkpoint metadata describes {shape.num_layers} layers, the "
                         f"file holds {layers_in_file}")
@@ -162,16 +163,13 @@ def _described_model(meta: dict[str, Any], path: Path
         config = LMConfig(**meta_table(meta, "config", path))
         vocab = Vocab.from_dict(meta_table(meta, "vocab", path))
         shape = LMShape(**meta_table(meta, "shape", path))
-        for name in ("vocab_size", "hidden_size", "num_layers"):
+        for name in ("vocab_size", "hidden_size", "num_layers", "embedding_size"):
             check_type(name, getattr(shape, name), "int")
         check_type("tied", shape.tied, "bool")
     except (TypeError, UserError) as err:
         raise UserError(f"{path}: checkpoint metadata is incomplete or invalid "
                         f"({one_line(str(err).removeprefix(f'{path}: '))})") from None
-    described = (config.hidden_size, config.num_layers, config.cell, len(vocab),
-                 config.tie_weights)
-    if (shape.hidden_size, shape.num_layers, shape.cell, shape.vocab_size,
-            shape.tied) != described:
+    if shape != LMShape.of(config, len(vocab)):
         raise UserError(f"{path}: checkpoint metadata disagrees with itself (the shape "
                         f"{shape} is not that of its config and {len(vocab)}-token vocabulary)")
     level = meta.get("level", "word")
@@ -234,7 +232,7 @@ def carried_state(loaded: LoadedLM, device: torch.device) -> tuple[torch.Tensor,
     if not parts:
         return None
     shape = loaded.model.shape
-    wanted = (shape.num_layers, loaded.config.batch_size, shape.hidden_size)
+    wanted = (shape.num_layers, loaded.config.batch_size, shape.state_size)
     count = 2 if shape.cell == "lstm" else 1
     names = [f"carried.{i}" for i in range(count)]
     if parts != sorted(names) or any(tuple(loaded.tensors[k].shape) != wanted

@@ -90,8 +90,8 @@ class NonFiniteLoss(UserError):
 
 
 # The weights' shapes, and the windows that the saved position in the epoch counts.
-FIXED_ON_RESUME = ("cell", "num_layers", "hidden_size", "tie_weights", "batch_size",
-                   "num_steps", "variable_bptt")
+FIXED_ON_RESUME = ("cell", "num_layers", "hidden_size", "tie_weights", "embedding_size",
+                   "batch_size", "num_steps", "variable_bptt")
 # Timing of the final evaluations for a time budget's reserve: stream and batched samples.
 PROBE_STREAM_TOKENS = 2000
 PROBE_BATCH_TOKENS = 10000
