@@ -179,8 +179,10 @@ def _train_in_run(config: LMConfig, data: TokenSplits, run: RunDir,
         optimizer = make_optimizer(config, model)
         progress, carried = Progress(), None
         average = WeightAverage(model)
+    repeat = ("exactly" if config.budget_seconds is None
+              else "exactly up to the time budget's first plan")
     console.say(f"seed {config.seed}: runs with the same seed, device and thread count repeat "
-                f"exactly | device {device.type} | precision {_precision_label(config, device)} | "
+                f"{repeat} | device {device.type} | precision {_precision_label(config, device)} | "
                 f"{sum(p.numel() for p in model.parameters()):,} parameters")
     runs_on = implementation(config, model, device)
     console.say(f"recurrent layer {runs_on['recurrent']} | softmax {runs_on['softmax']} | "
@@ -367,6 +369,7 @@ class _Plan:
                              f"({progress.planned_windows / self.windows:.1f} epochs) at "
                              f"{self.budget.train_seconds / self.budget.train_windows * 1000:.0f} "
                              f"ms a window")
+
 
 def _epoch_windows(rows: torch.Tensor, config: LMConfig, epoch: int, start: int,
                    windows: int) -> tuple[Iterator[tuple[torch.Tensor, torch.Tensor]], int]:
