@@ -219,6 +219,21 @@ CASES = {
         "every training text is positive; a classifier needs texts of both labels"),
     "forget bias nan": Bad("train --data-dir {ptb} --forget-bias nan " + " ".join(LM),
                            "config field forget_bias must be a finite number, got nan"),
+    "time budget not a duration": Bad(
+        "train --data-dir {ptb} --time-budget soon " + " ".join(LM),
+        "config field time_budget must be a positive duration of at most a year like 90s, 60m "
+        "or 1.5h, got 'soon'"),
+    "weight drop of 1": Bad("train --data-dir {ptb} --weight-drop 1 " + " ".join(LM),
+                            "config field weight_drop must be in [0, 1), got 1.0"),
+    "negative embedding size": Bad("train --data-dir {ptb} --embedding-size -4 " + " ".join(LM),
+                                   "config field embedding_size must be >= 0"),
+    "tie weights not a boolean": Bad("train --data-dir {ptb} --tie-weights maybe " + " ".join(LM),
+                                     "config field tie_weights must be true or false, got "
+                                     "'maybe'"),
+    "resume with untied weights": Bad(
+        "train --resume --save-path {lm} --data-dir {ptb} --tie-weights true",
+        "{lm}/model.safetensors: the run trains with tie_weights False; it cannot resume with "
+        "tie_weights True"),
     "evaluate the stream with a batch size": Bad(
         "evaluate --model {lm} --data-dir {ptb} --stream --batch-size 3",
         "--batch-size sets the fast shape; --stream is always one row"),
