@@ -3,13 +3,13 @@
 # recorded under results/ptb-cpu-hour/ablation/NAME by scripts/record-run.sh, its run directory
 # under RUNS (default ~/lstmkit-runs/cpu-hour-ablation). Recorded runs are skipped and an
 # interrupted one is resumed, so the ablation can be continued over several sittings:
-#   bash scripts/cpu-hour-ablation.sh [DATA_DIR] [NAME...]
+#   [DATA=DIR] [RUNS=DIR] bash scripts/cpu-hour-ablation.sh [NAME...]
+# (DATA defaults to PTB in ../shared/data/ptb beside the repository; no NAME: all of them),
 # then `python3 scripts/ablation_table.py` writes results/ptb-cpu-hour/ablation.md.
 # One run at a time, with nothing else on the CPU: the budget is wall time.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-data=${1:-../shared/data/ptb}
-shift || true
+data=${DATA:-$root/../shared/data/ptb}
 runs=${RUNS:-$HOME/lstmkit-runs/cpu-hour-ablation}
 
 declare -A off=(

@@ -127,11 +127,11 @@ def _readme(loaded: LoadedLM, names: tuple[str, ...]) -> str:
     return f"""# {loaded.path.parent.name or loaded.path.name}: an lstmkit language model in ONNX
 
 A {loaded.level}-level {loaded.model.shape.cell.upper()} language model
-({loaded.model.shape.num_layers} layers of {loaded.model.shape.hidden_size}, \
+({loaded.model.shape.num_layers} layers, state width {loaded.model.shape.state_size}, \
 {len(loaded.vocab):,} tokens), exported by `lstmkit export`.
 
 - `{MODEL_ONNX}`: one window. Inputs `ids` (int64 [batch, length]) and the state
-  {", ".join(f"`{n}`" for n in names)} (float32 [layers, batch, hidden], zeros to start);
+  {", ".join(f"`{n}`" for n in names)} (float32 [layers, batch, state width], zeros to start);
   outputs `logits` (float32 [batch, length, vocabulary]: the next token after each position)
   and the state after the window, {", ".join(f"`{n}_out`" for n in names)}, to feed to the next.
 - `{VOCAB_JSON}`: `tokens` (id -> token), `start_token` (what training text lines follow:

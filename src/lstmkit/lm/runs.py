@@ -9,6 +9,7 @@ vocabulary are in it.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ class Progress:
     planned_windows: int = 0  # a time budget's plan of the run's windows (0: none yet)
     budget_used: float = 0.0  # seconds of the time budget spent up to this state
     asgd_count: int = 0  # iterates in NT-ASGD's average (0: not averaging yet)
+    training_done: bool = False  # the time budget ended training (the test may be left)
 
 
 @dataclass
@@ -82,8 +84,12 @@ def checked_progress(saved: Any) -> Progress:
     progress = Progress(**saved)
     for name, annotation in _PROGRESS_TYPES.items():
         check_type(name, getattr(progress, name), annotation)
+    check_type("training_done", progress.training_done, "bool")
     if progress.best_valid is not None:
         check_type("best_valid", progress.best_valid, "float")
+    for name in ("costs", "lr_scale", "budget_used"):
+        if not math.isfinite(getattr(progress, name)):
+            raise UserError(f"{name} is not a finite number")
     if not (isinstance(progress.history, list)
             and all(isinstance(record, dict) for record in progress.history)):
         raise UserError("history is not a list of records")

@@ -93,6 +93,7 @@ class NonFiniteLoss(UserError):
 FIXED_ON_RESUME = ("cell", "num_layers", "hidden_size", "tie_weights", "embedding_size",
                    "batch_size", "num_steps", "variable_bptt")
 # Timing of the final evaluations for a time budget's reserve: stream and batched samples.
+PROBE_WARMUP_TOKENS = 200  # first calls build kernels and caches: not timed
 PROBE_STREAM_TOKENS = 2000
 PROBE_BATCH_TOKENS = 10000
 
@@ -196,6 +197,8 @@ def _train_in_run(config: LMConfig, data: TokenSplits, run: RunDir,
 
     # This rank's rows of the batch (all of them in a world of one); it carries their state.
     rows = batch_rows(data.train, config.batch_size)[world.share(config.batch_size)].to(device)
+    if config.variable_bptt:  # random lengths average a little under num_steps: count them
+        windows = len(random_window_lengths(config.num_steps, rows.size(1), config.seed, 1))
     budget = _start_budget(config, model, data, progress, console)
     save = _Saver(run, model, optimizer, config, data, metrics, world, average, budget)
     window_loss = world.wrap(_WindowLoss(model))  # DDP (if W > 1) broadcasts rank 0's weights
@@ -218,6 +221,7 @@ def _train_in_run(config: LMConfig, data: TokenSplits, run: RunDir,
             if rollback is None:
                 raise
             progress, carried = rollback.recover(fault, progress)
+            plan.planned_here = False  # the checkpoint's plan may predate this segment's
             continue
         carried = None
         train_ppl = safe_exp(progress.costs / max(progress.iters, 1))
@@ -247,7 +251,10 @@ def _train_in_run(config: LMConfig, data: TokenSplits, run: RunDir,
         improved = progress.best_valid is None or valid.value < progress.best_valid
         progress.best_valid = valid.value if improved else progress.best_valid
         progress.epoch, progress.step, progress.costs, progress.iters = epoch + 1, 0, 0.0, 0
-        plan.replan(progress)
+        if stopped:
+            progress.training_done = True  # by the budget: a resume goes on to the test
+        else:
+            plan.replan(progress)
         save.checkpoint(progress, carried=None, best=improved)
 
     with average.swapped_in():
@@ -307,6 +314,7 @@ def _final_evaluation_seconds(model: LanguageModel, data: TokenSplits, config: L
                               ) -> tuple[float, float]:
     """Estimates, from timed samples, of the final evaluations (valid, test on one stream and
     batched) and of one validation check, in seconds."""
+    stream_perplexity(model, data.valid[:PROBE_WARMUP_TOKENS], config.precision)  # first calls
     started = time.monotonic()
     sample = data.valid[:PROBE_STREAM_TOKENS]
     stream_perplexity(model, sample, config.precision)
@@ -343,7 +351,7 @@ class _Plan:
         """Whether the budget ends training now (every rank agrees: rank 0's clock decides)."""
         if self.budget is None:
             return False
-        done = self.budget.out_of_time() or (
+        done = progress.training_done or self.budget.out_of_time() or (
             progress.planned_windows > 0 and progress.windows_done >= progress.planned_windows)
         return self.world.agree([float(done)])[0] > 0
 
@@ -468,15 +476,16 @@ def make_optimizer(config: LMConfig, model: torch.nn.Module) -> torch.optim.Opti
 
 
 # float32 weights, their gradients and the optimizer's state (SGD: none; Adam: two moments).
-_COPIES = {"sgd": 2, "adam": 4}
+_COPIES = {"sgd": 2, "adam": 4}  # NT-ASGD's average: one more
 
 
 def check_model_memory(config: LMConfig, vocab_size: int) -> None:
     """The memory the model needs to train, checked before it is built."""
     shape = LMShape.of(config, vocab_size)
-    needed = parameter_count(shape) * 4 * _COPIES.get(config.optimizer, 4)
+    copies = _COPIES.get(config.optimizer, 4) + (1 if config.asgd_nonmono else 0)
+    needed = parameter_count(shape) * 4 * copies
     check_memory("language model", needed,
-                 max(config.hidden_size, config.num_layers, vocab_size))
+                 max(config.hidden_size, config.embedding_size, config.num_layers, vocab_size))
 
 
 def safe_exp(x: float) -> float:
@@ -591,6 +600,9 @@ def _resume(config: LMConfig, data: TokenSplits, loaded: LoadedLM, world: World,
         if saved != asked:
             raise UserError(f"{path}: the run trains with {name} {saved}; it cannot resume "
                             f"with {name} {asked} (start a new run for that)")
+    if config.variable_bptt and loaded.config.seed != config.seed:  # it draws the lengths
+        raise UserError(f"{path}: the run's window lengths come from seed {loaded.config.seed}; "
+                        f"it cannot resume with seed {config.seed} (start a new run for that)")
     model = loaded.model.to(world.device)
     # What the resumed config may change without touching the weights' shapes, applied.
     model.lstm_impl = config.lstm_impl
@@ -599,6 +611,8 @@ def _resume(config: LMConfig, data: TokenSplits, loaded: LoadedLM, world: World,
     optimizer = make_optimizer(config, model)
     average = WeightAverage(model)
     progress, carried = _restore(loaded, optimizer, average, config, world, metrics)
+    if config.time_budget != loaded.config.time_budget:  # a new budget: plan anew
+        progress.training_done, progress.planned_windows = False, 0
     return model, optimizer, progress, carried, average
 
 
@@ -609,6 +623,8 @@ def _restore(loaded: LoadedLM, optimizer: torch.optim.Optimizer, average: Weight
     caller: weights)."""
     device = world.device
     restore_optimizer(optimizer, loaded)
+    for group in optimizer.param_groups:  # the saved groups carry the old run's setting
+        group["weight_decay"] = config.weight_decay
     progress = loaded.progress
     averages = saved_averages(loaded, loaded.model) if progress.asgd_count else None
     average.restore(averages, progress.asgd_count)
