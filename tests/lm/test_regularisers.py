@@ -320,7 +320,7 @@ def test_onnx_export_of_a_model_with_a_narrower_top_layer_matches_pytorch(tmp_pa
 
     torch.manual_seed(0)
     cfg = config(hidden_size=12, embedding_size=5, tie_weights=True, num_layers=3)
-    vocab = Vocab(tuple(f"w{i}" for i in range(29)) + ("<unk>",), "<unk>")
+    vocab = Vocab((*(f"w{i}" for i in range(29)), "<unk>"), "<unk>")
     model = build_language_model(cfg, len(vocab)).eval()
     (tmp_path / "run").mkdir()
     save_lm_checkpoint(tmp_path / "run" / "model.safetensors", model, cfg, vocab)
@@ -337,8 +337,8 @@ def test_onnx_export_of_a_model_with_a_narrower_top_layer_matches_pytorch(tmp_pa
     assert np.allclose(got[2], c.detach().numpy(), atol=1e-5)
 
 
-EVERYTHING = dict(tie_weights=True, embedding_size=8, locked_dropout_input=0.3, locked_dropout_hidden=0.2,
-                  locked_dropout_output=0.3, embedding_dropout=0.1, weight_drop=0.3, ar=2.0,
+EVERYTHING = dict(tie_weights=True, embedding_size=8, locked_dropout_input=0.3,
+                  locked_dropout_hidden=0.2, locked_dropout_output=0.3, embedding_dropout=0.1, weight_drop=0.3, ar=2.0,
                   tar=1.0, weight_decay=1e-4, asgd_nonmono=1, variable_bptt=True,
                   lr_schedule="linear", hidden_size=16, num_layers=3, batch_size=4, num_steps=6,
                   max_max_epoch=3, checkpoint_every=9)

@@ -179,16 +179,17 @@ PRESETS: dict[str, dict[str, Any]] = {
     "large": dict(init_scale=0.04, learning_rate=1.0, max_grad_norm=10.0, num_layers=2,
                   num_steps=35, hidden_size=1500, max_epoch=14, max_max_epoch=55, keep_prob=0.35,
                   lr_decay=1 / 1.15, batch_size=20),
-    # Not a tutorial preset: the best test perplexity we found two CPU cores can reach in an
-    # hour (results/ptb-cpu-hour/): medium's size with tied weights, AWD-LSTM's regularisers
-    # (lighter than its own: an hour is about 20 epochs, not 500) and a cosine decay of the
-    # learning rate to 0 at the end of the budget. Its rates are in lstmkit's cost, summed over
-    # the window's steps: AWD-LSTM's per-token weight decay 1.2e-6 is 35 x 1.2e-6 here.
+    # Not a tutorial preset: a model for an hour of two CPU cores (results/ptb-cpu-hour/, where
+    # its rates were chosen on valid perplexity): medium's size with tied weights, AWD-LSTM's
+    # regularisers (lighter than its own: an hour is about 20 epochs, not 500) and a cosine
+    # decay of the learning rate to 0 at the end of the budget. Its rates are in lstmkit's
+    # cost, summed over the window's steps: AWD-LSTM's per-token weight decay 1.2e-6 is
+    # 35 x 1.2e-6 here.
     "cpu-hour": dict(init_scale=0.05, learning_rate=1.0, max_grad_norm=5.0, num_layers=2,
                      num_steps=35, hidden_size=650, max_epoch=0, max_max_epoch=1000,
                      keep_prob=1.0, lr_decay=1.0, batch_size=20, tie_weights=True,
-                     locked_dropout_input=0.35, locked_dropout_hidden=0.25,
-                     locked_dropout_output=0.4, embedding_dropout=0.1, weight_drop=0.3,
+                     locked_dropout_input=0.25, locked_dropout_hidden=0.2,
+                     locked_dropout_output=0.3, embedding_dropout=0.05, weight_drop=0.2,
                      ar=2.0, tar=1.0, weight_decay=4.2e-5, variable_bptt=True,
                      lr_schedule="cosine", time_budget="60m"),
     # Not a tutorial preset: AWD-LSTM's PTB model and training (Merity et al. 2017, without its

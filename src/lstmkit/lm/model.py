@@ -68,13 +68,16 @@ class LMShape:
 
     @property
     def output_size(self) -> int:
-        return self.layer_sizes()[-1][1]
+        """The top layer's size (what the decoder reads)."""
+        return self.embedding_width if self.tied else self.hidden_size
 
     @property
     def state_size(self) -> int:
         """Width of the state tensors [num_layers, B, state_size]: the widest layer's (a
         narrower layer's state is zero-padded)."""
-        return max(hidden for _, hidden in self.layer_sizes())
+        if self.num_layers == 1:
+            return self.output_size
+        return max(self.hidden_size, self.output_size)
 
 
 @dataclass(frozen=True)
@@ -250,9 +253,18 @@ GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # weight blocks per layer of each cell
 
 def parameter_count(shape: LMShape) -> int:
     """The model's parameters, computed without building it (Python ints: never overflow)."""
-    gates = GATES.get(shape.cell, 4)
-    recurrent = sum(gates * hidden * (inputs + hidden + 2)  # W_ih, W_hh, two biases
-                    for inputs, hidden in shape.layer_sizes())
+    gates, hidden, layers = GATES.get(shape.cell, 4), shape.hidden_size, shape.num_layers
+    top = shape.output_size
+
+    def layer(inputs: int, width: int) -> int:  # W_ih, W_hh, two biases
+        return gates * width * (inputs + width + 2)
+
+    # Counted without listing the layers: a config may ask for more than memory can list.
+    if layers == 1:
+        recurrent = layer(shape.embedding_width, top)
+    else:
+        recurrent = (layer(shape.embedding_width, hidden) + (layers - 2) * layer(hidden, hidden)
+                     + layer(hidden, top))
     embedding = shape.vocab_size * shape.embedding_width
     decoder = 0 if shape.tied else shape.vocab_size * shape.output_size
     return embedding + decoder + shape.vocab_size + recurrent
