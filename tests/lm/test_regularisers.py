@@ -339,9 +339,9 @@ def test_onnx_export_of_a_model_with_a_narrower_top_layer_matches_pytorch(tmp_pa
 
 EVERYTHING = dict(tie_weights=True, embedding_size=8, locked_dropout_input=0.3,
                   locked_dropout_hidden=0.2, locked_dropout_output=0.3, embedding_dropout=0.1,
-                  weight_drop=0.3, ar=2.0, tar=1.0, weight_decay=1e-4, asgd_nonmono=1, variable_bptt=True,
-                  lr_schedule="linear", hidden_size=16, num_layers=3, batch_size=4, num_steps=6,
-                  max_max_epoch=3, checkpoint_every=9)
+                  weight_drop=0.3, ar=2.0, tar=1.0, weight_decay=1e-4, asgd_nonmono=1,
+                  variable_bptt=True, lr_schedule="linear", hidden_size=16, num_layers=3,
+                  batch_size=4, num_steps=6, max_max_epoch=3, checkpoint_every=9)
 
 
 class _Stop(Exception):
