@@ -246,6 +246,16 @@ def test_a_budget_plans_the_windows_that_fit_before_its_reserve(monkeypatch):
     assert budget.out_of_time()
 
 
+def test_a_budget_does_not_time_a_segments_first_windows():
+    """They build kernels and fill caches: timed, they would plan far too few windows."""
+    budget = TimeBudget(600.0)
+    for _ in range(5):
+        budget.time_window(30.0)
+    for _ in range(20):
+        budget.time_window(0.5)
+    assert (budget.train_windows, budget.train_seconds) == (20, 10.0) and budget.can_plan()
+
+
 @pytest.mark.parametrize("text, seconds", [("90s", 90), ("60m", 3600), ("1.5h", 5400),
                                            ("45", 45), ("", None)])
 def test_time_budgets_read_as_seconds(text, seconds):

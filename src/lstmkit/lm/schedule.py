@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 
 from lstmkit.lm.config import LMConfig
 
-PLAN_AFTER_WINDOWS = 20  # windows timed before the first plan (the first ones run slow)
+WARMUP_WINDOWS = 5  # a segment's first windows (kernel builds, caches) are never timed
+PLAN_AFTER_WINDOWS = 20  # windows timed before the first plan
 RESERVE_MARGIN = 1.3  # the final evaluations are estimated, then given this much more time
 RESERVE_SECONDS = 10.0  # and this much (at most 5% of the budget) for saving and the record
 
@@ -59,6 +60,7 @@ class TimeBudget:
     started: float = field(default_factory=lambda: time.monotonic())
     train_seconds: float = 0.0  # timed training windows of this segment
     train_windows: int = 0
+    warmup_windows: int = 0  # untimed windows of this segment so far
     eval_seconds: float = 0.0  # the last validation check's time
     final_seconds: float = 0.0  # the final evaluations' estimate, before the margin
 
@@ -71,6 +73,14 @@ class TimeBudget:
 
     def out_of_time(self) -> bool:
         return self.seconds - self.used() <= self.reserve()
+
+    def time_window(self, seconds: float) -> None:
+        """Account one trained window's time (not the segment's first WARMUP_WINDOWS)."""
+        if self.warmup_windows < WARMUP_WINDOWS:
+            self.warmup_windows += 1
+            return
+        self.train_seconds += seconds
+        self.train_windows += 1
 
     def can_plan(self) -> bool:
         return self.train_windows >= PLAN_AFTER_WINDOWS

@@ -359,8 +359,7 @@ class _Plan:
         """Account a trained window; whether the budget ends training here."""
         if self.budget is None:
             return False
-        self.budget.train_seconds += seconds
-        self.budget.train_windows += 1
+        self.budget.time_window(seconds)
         if not self.planned_here and self.budget.can_plan():
             self.planned_here = True
             self.replan(progress)

@@ -131,8 +131,10 @@ def _quiet_build():
 
 def _build_key(source: Path) -> str:
     """Changes with the source (and the headers beside it), torch, Python and the CPU's
-    instruction sets."""
+    instruction sets, and with where the source is: cpp_extension rebuilds a directory whose
+    build file names other paths, so two checkouts sharing one would rebuild on every switch."""
     digest = hashlib.sha256(source.read_bytes())
+    digest.update(str(source.resolve().parent).encode())
     for header in sorted(source.parent.glob("*.h")):  # what the sources include
         digest.update(header.read_bytes())
     digest.update(f"{torch.__version__} {sys.version} {_cpu_flags()}".encode())
