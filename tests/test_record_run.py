@@ -55,6 +55,8 @@ def test_a_record_names_the_cpu_and_a_clean_commit_or_keeps_the_uncommitted_diff
     machine = (repo / "results" / "first" / "machine.txt").read_text()
     assert f"lstmkit commit: {git(repo, 'rev-parse', '--short', 'HEAD')} (clean tree)" in machine
     assert "python: " in machine and "torch: " in machine and " threads" in machine
+    cpu = next(line for line in machine.splitlines() if line.startswith("cpu: "))
+    assert cpu.endswith(")") and "(family " in cpu and ", model " in cpu, cpu
     sets = next(line for line in machine.splitlines() if line.startswith("instruction sets: "))
     if Path("/proc/cpuinfo").exists():
         assert ("AVX2" in sets) == ("avx2" in cpu_flags())

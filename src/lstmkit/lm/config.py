@@ -197,7 +197,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # rate for 500 epochs, NT-ASGD after 5 checks without improvement. Its rates in lstmkit's
     # cost, summed over the 70 steps of a window: learning rate 30 / 70, clipping 0.25 x 70,
     # weight decay 1.2e-6 x 70. One uniform init_scale replaces its per-layer initialisation.
-    # About 24M parameters: weeks on two CPU cores, a machine with time (or a GPU) for this.
+    # 24.2M parameters and 500 epochs: a machine with time (or a GPU) for this.
     "awd": dict(init_scale=0.04, learning_rate=30 / 70, max_grad_norm=0.25 * 70, num_layers=3,
                 num_steps=70, hidden_size=1150, max_epoch=500, max_max_epoch=500, keep_prob=1.0,
                 lr_decay=1.0, batch_size=20, tie_weights=True, embedding_size=400,
