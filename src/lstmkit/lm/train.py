@@ -434,7 +434,6 @@ def _train_epoch(model: LanguageModel, optimizer: torch.optim.Optimizer, rows: t
             raise NonFiniteLoss(what, progress.epoch, progress.step + 1, save.checkpointed())
         optimizer.step()
         average.update()
-        progress.asgd_count = average.count
         progress.costs += cost_value
         progress.iters += steps
         progress.step += 1
@@ -571,6 +570,7 @@ class _Saver:
         if not self.world.is_main:
             return
         progress.metrics_bytes = self.metrics.size()
+        progress.asgd_count = self.average.count
         if self.budget is not None:
             progress.budget_used = self.budget.used()
         if best:  # before the latest: a run killed between the two writes redoes both

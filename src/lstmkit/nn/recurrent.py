@@ -106,13 +106,18 @@ def is_lstm(rnn: nn.Module) -> bool:
     return getattr(rnn, "mode", None) == "LSTM"
 
 
+def _native_here(rnn: nn.RNNBase, inputs: torch.Tensor, lstm_impl: str) -> bool:
+    """`uses_native_lstm` for this call: its device, autocast precision and grad mode."""
+    bf16 = torch.is_autocast_enabled("cpu") and \
+        torch.get_autocast_dtype("cpu") == torch.bfloat16
+    training = rnn.training and torch.is_grad_enabled()
+    return uses_native_lstm(rnn, inputs.device, lstm_impl, bf16, training)
+
+
 def _run(rnn: nn.RNNBase, inputs: torch.Tensor, state: State, lstm_impl: str
          ) -> tuple[torch.Tensor, State]:
     if is_lstm(rnn):
-        bf16 = torch.is_autocast_enabled("cpu") and \
-            torch.get_autocast_dtype("cpu") == torch.bfloat16
-        training = rnn.training and torch.is_grad_enabled()
-        if uses_native_lstm(rnn, inputs.device, lstm_impl, bf16, training):
+        if _native_here(rnn, inputs, lstm_impl):
             outputs, (h, c) = fused_lstm(inputs, (state[0], state[1]), lstm_weights(rnn),
                                          rnn.dropout, rnn.training)
         else:
@@ -132,11 +137,7 @@ _FUNCTIONS = {"LSTM": torch._VF.lstm, "GRU": torch._VF.gru, "RNN_TANH": torch._V
 def _layer_by_layer(hooks: LayerHooks):
     def run(rnn: nn.RNNBase, inputs: torch.Tensor, state: State, lstm_impl: str
             ) -> tuple[torch.Tensor, State]:
-        lstm = is_lstm(rnn)
-        bf16 = torch.is_autocast_enabled("cpu") and \
-            torch.get_autocast_dtype("cpu") == torch.bfloat16
-        training = rnn.training and torch.is_grad_enabled()
-        native = lstm and uses_native_lstm(rnn, inputs.device, lstm_impl, bf16, training)
+        native = is_lstm(rnn) and _native_here(rnn, inputs, lstm_impl)
         x, finals = inputs, [[] for _ in state]
         for layer in range(rnn.num_layers):
             if layer > 0:
