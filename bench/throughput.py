@@ -33,6 +33,7 @@ from lstmkit.lm.batching import batch_rows, bptt_windows
 from lstmkit.lm.config import preset
 from lstmkit.lm.evaluate import STREAM_NUM_STEPS
 from lstmkit.lm.model import build_language_model
+from lstmkit.lm.optim import clipped_step, gradient_norm, make_optimizer
 from lstmkit.nn.recurrent import detach_state
 
 RNN_MODULES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
@@ -104,7 +105,8 @@ def lstmkit_runner(config, vocab_size):
     from lstmkit.device import autocast
 
     model = build_language_model(config, vocab_size)
-    opt = torch.optim.SGD(model.parameters(), lr=config.learning_rate)
+    params = list(model.parameters())
+    opt = make_optimizer(config, model)
     state = [model.zero_state(config.batch_size)]
     device = torch.device("cpu")
 
@@ -115,8 +117,7 @@ def lstmkit_runner(config, vocab_size):
         cost = nll / config.batch_size
         opt.zero_grad(set_to_none=True)
         cost.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-        opt.step()
+        clipped_step(opt, gradient_norm(params), config.max_grad_norm)  # as the trainer
         state[0] = new
         return cost.item()
 

@@ -227,6 +227,11 @@ CASES = {
                             "config field weight_drop must be in [0, 1), got 1.0"),
     "negative embedding size": Bad("train --data-dir {ptb} --embedding-size -4 " + " ".join(LM),
                                    "config field embedding_size must be >= 0"),
+    "one tied layer of another size": Bad(
+        "train --data-dir {ptb} --tie-weights true --num-layers 1 "
+        "--embedding-size 6 " + " ".join(LM),
+        "config field hidden_size (8) would go unused: with tie_weights and one layer, the "
+        "layer has the embedding's size (6)"),
     "tie weights not a boolean": Bad("train --data-dir {ptb} --tie-weights maybe " + " ".join(LM),
                                      "config field tie_weights must be true or false, got "
                                      "'maybe'"),

@@ -207,6 +207,8 @@ def _add_sample(commands) -> None:
     p.add_argument("--stop-at", metavar="STOP",
                    help="end a text early: eos (end of a sentence; char models: an empty line), "
                         "newline, or any other string (printed)")
+    p.add_argument("--device", default="cpu", choices=api.DEVICES,
+                   help="where to sample (default cpu: token by token, a GPU gains little)")
     _add_quantize(p)
     p.set_defaults(handler=_run_sample)
 
@@ -218,7 +220,7 @@ def _add_quantize(p: argparse.ArgumentParser) -> None:
 
 
 def _run_sample(args: argparse.Namespace) -> int:
-    run = api.load(args.model, quantize=args.quantize)
+    run = api.load(args.model, args.device, args.quantize)
     if args.beam is not None or args.num_samples is not None:
         return _print_texts(run, args)
     ended_line = True

@@ -291,7 +291,7 @@ def test_a_tied_top_layer_of_the_embedding_size_as_awd_lstm_builds_it():
 
 @pytest.mark.parametrize("layers", [1, 2, 3])
 def test_a_model_with_a_narrower_top_layer_carries_its_state_across_windows(layers):
-    torch.manual_seed(0)
+    torch.manual_seed(0)  # one layer: the layer has the embedding's size (hidden_size unused)
     model = build_language_model(config(hidden_size=12, embedding_size=5, tie_weights=True,
                                         num_layers=layers), 30).eval()
     ids = torch.randint(0, 30, (3, 10))
@@ -304,6 +304,33 @@ def test_a_model_with_a_narrower_top_layer_carries_its_state_across_windows(laye
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(end, end2, strict=True))
     if layers > 1:  # the top layer's state is zero past its width
         assert torch.count_nonzero(end[0][-1, :, 5:]) == 0
+
+
+def test_the_run_header_names_the_layer_each_stack_runs_where_they_differ(monkeypatch):
+    monkeypatch.setattr(recurrent, "cpu_has_native_bf16", lambda: True)
+    cpu = torch.device("cpu")
+    with torch.device("meta"):  # auto evaluates in lstmkit's layer from hidden 1024 on
+        awd = LanguageModel(LMShape.of(preset("awd"), 100))
+        uniform = LanguageModel(LMShape.of(preset("large"), 100))
+
+    def described(model, impl):
+        model.lstm_impl = impl
+        return model.describe_recurrent(cpu, bf16=True)
+
+    assert described(awd, "auto").replace(" (plain PyTorch)", "") \
+        == "layers 1-2: lstmkit; top layer: lstmkit (train), oneDNN (eval)"
+    assert described(awd, "onednn") == "oneDNN"
+    assert described(uniform, "auto").startswith("lstmkit")
+    assert "top layer" not in described(uniform, "auto")
+
+
+def test_a_new_run_of_one_tied_layer_of_another_size_than_hidden_size_is_refused(ptb_dir,
+                                                                                tmp_path):
+    odd = config(hidden_size=12, embedding_size=5, tie_weights=True, num_layers=1)
+    with pytest.raises(UserError, match=r"hidden_size \(12\) would go unused"):
+        api.train_ptb(odd, ptb_dir, tmp_path / "run", console=Console(enabled=False))
+    assert not (tmp_path / "run").exists(), "refused before the run directory is made"
+    build_language_model(odd, 30)  # a saved model of that shape still loads
 
 
 def test_lstmkits_layer_and_onednns_agree_on_a_model_with_a_narrower_top_layer():
@@ -407,6 +434,9 @@ def test_everything_on_trains_averages_and_resumes_bit_for_bit(ptb_dir, tmp_path
     averaged = {k[len("asgd."):]: v for k, v in a.tensors.items() if k.startswith("asgd.")}
     assert all(torch.equal(best[k], averaged[k]) for k in averaged), "the average, not the iterate"
     assert not all(torch.equal(best[k], a.tensors[f"model.{k}"]) for k in averaged)
+    with pytest.raises(UserError, match="cannot resume with asgd_nonmono 0"):
+        api.train_ptb(dataclasses.replace(cfg, asgd_nonmono=0, max_max_epoch=4), ptb_dir,
+                      tmp_path / "resumed", resume=True, console=Console(enabled=False))
 
 
 def test_a_time_budget_ends_training_evaluates_and_tests_within_it(ptb_dir, tmp_path):

@@ -17,7 +17,7 @@ def _kernel_or_skip():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("n", [1, 7, 4099])
+@pytest.mark.parametrize("n", [1, 7, 2048, 4099, 6151])  # blocks of 2048
 def test_the_kernel_draws_the_masks_its_torch_twin_draws(dtype, n):
     kernel = _kernel_or_skip()
     x = torch.randn(n).to(dtype)

@@ -10,8 +10,8 @@ from lstmkit.cli import main
 from lstmkit.lm.config import LMConfig
 from lstmkit.lm.data import load_text_corpus
 from lstmkit.lm.model import build_language_model
+from lstmkit.lm.optim import clipped_step, gradient_norm, make_optimizer
 from lstmkit.lm.runs import load_lm
-from lstmkit.lm.train import make_optimizer
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
@@ -38,8 +38,8 @@ def test_each_cell_trains_a_few_steps_and_its_loss_goes_down(cell, optimizer, lr
     for _ in range(15):
         optimizer_.zero_grad()
         (loss() * config.num_steps).backward()  # the trainer's cost: summed over time steps
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-        optimizer_.step()
+        clipped_step(optimizer_, gradient_norm(list(model.parameters())),
+                     config.max_grad_norm)
     with torch.no_grad():
         after = loss().item()
     assert after < before - 0.3, (cell, optimizer, before, after)

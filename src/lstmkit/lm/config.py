@@ -156,6 +156,16 @@ class LMConfig:
             raise UserError(f"config field asgd_nonmono must be >= 0, got {self.asgd_nonmono}")
         budget_seconds(self.time_budget)
 
+    def check_new_run(self) -> None:
+        """What only a new run refuses (a saved model of this config still loads)."""
+        if self.tie_weights and self.num_layers == 1 \
+                and self.embedding_size not in (0, self.hidden_size):
+            # The one layer feeds the tied decoder, so it takes the embedding's size.
+            raise UserError(f"config field hidden_size ({self.hidden_size}) would go unused: "
+                            f"with tie_weights and one layer, the layer has the embedding's "
+                            f"size ({self.embedding_size}); set embedding_size to 0 or to "
+                            f"hidden_size, or use more layers")
+
     @property
     def budget_seconds(self) -> float | None:
         """The time budget in seconds; None without one."""

@@ -31,6 +31,7 @@ from lstmkit.nn.dropout import (
 from lstmkit.nn.recurrent import (
     LayerHooks,
     State,
+    describe_lstm_impl,
     init_recurrent_,
     is_lstm,
     make_recurrent,
@@ -149,11 +150,25 @@ class LanguageModel(nn.Module):
     def init_weights(self, init_scale: float, forget_bias: float = 0.0) -> None:
         for param in (self.embedding.weight, self.decoder.weight, self.decoder.bias):
             nn.init.uniform_(param, -init_scale, init_scale)
-        for rnn in self._stacks():
+        for rnn in self.recurrent_stacks():
             init_recurrent_(rnn, init_scale, forget_bias)
 
-    def _stacks(self) -> list[nn.Module]:
+    def recurrent_stacks(self) -> list[nn.Module]:
+        """The recurrent stacks bottom-up: `rnn`, and `rnn_top` where the top layer has
+        another size."""
         return [self.rnn] if self.rnn_top is None else [self.rnn, self.rnn_top]
+
+    def describe_recurrent(self, device: torch.device, bf16: bool) -> str:
+        """For run headers: the recurrent layers that run; a narrower top layer (a tied
+        model's) is named apart where it runs another layer than those below (auto picks
+        per size)."""
+        stacks = self.recurrent_stacks()
+        names = [describe_lstm_impl(rnn, device, self.lstm_impl, bf16) for rnn in stacks]
+        if len(set(names)) == 1:
+            return names[0]
+        below = stacks[0].num_layers
+        lower = "layer 1" if below == 1 else f"layers 1-{below}"
+        return f"{lower}: {names[0]}; top layer: {names[1]}"
 
     def zero_state(self, batch_size: int) -> State:
         weight = self.embedding.weight  # never quantised (lm.quantize), unlike the decoder

@@ -200,7 +200,12 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, loaded: LoadedLM) -> Non
             if name.startswith("optim."):
                 _, pid, key = name.split(".", 2)
                 state.setdefault(int(pid), {})[key] = tensor
-        optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+        # The saved groups carry the saving run's settings; whether the step is fused is
+        # this run's (torch places a fused Adam's step counter on the weights' device).
+        groups = [{**group, "fused": current.get("fused")}
+                  for group, current in zip(saved["param_groups"], optimizer.param_groups,
+                                            strict=False)]
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
     except (TypeError, ValueError, KeyError, AttributeError, IndexError, RuntimeError) as err:
         # The optimizer's own format, as torch checks it: any mismatch is a bad checkpoint.
         raise UserError(f"{loaded.path}: unusable optimizer state, cannot resume from it "

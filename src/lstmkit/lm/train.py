@@ -38,6 +38,7 @@ from lstmkit.lm.model import (
     build_language_model,
     parameter_count,
 )
+from lstmkit.lm.optim import clipped_step, gradient_norm, make_optimizer
 from lstmkit.lm.runs import (
     LoadedLM,
     Progress,
@@ -50,7 +51,7 @@ from lstmkit.lm.runs import (
 )
 from lstmkit.lm.schedule import TimeBudget, learning_rate
 from lstmkit.nn import kernels
-from lstmkit.nn.recurrent import describe_lstm_impl, detach_state
+from lstmkit.nn.recurrent import detach_state
 from lstmkit.reporting import (
     Console,
     MetricsLog,
@@ -135,8 +136,7 @@ def implementation(config: LMConfig, model: LanguageModel, device: torch.device
     precision = resolve_precision(config.precision, device)
     softmax = kernels.implementation("softmax_xent") if device.type == "cpu" else "plain"
     return {"precision": precision,
-            "recurrent": describe_lstm_impl(model.rnn, device, config.lstm_impl,
-                                            precision == "bf16"),
+            "recurrent": model.describe_recurrent(device, precision == "bf16"),
             "softmax": f"{softmax} kernel" if softmax == "native" else "plain PyTorch",
             "cpu": kernels.cpu_isa(), "threads": str(torch.get_num_threads())}
 
@@ -148,6 +148,7 @@ def _train_run(config: LMConfig, data: TokenSplits, save_path: str | Path | None
     windows = _check_fit(config, data, save_path)  # before any file of the run is touched
     model = None
     if not resume:  # a model too big for memory is refused before the run directory exists
+        config.check_new_run()
         check_model_memory(config, len(data.vocab))
         torch.manual_seed(config.seed)
         with model_fits("language model"):
@@ -397,6 +398,7 @@ def _train_epoch(model: LanguageModel, optimizer: torch.optim.Optimizer, rows: t
     whether the time budget ended it early."""
     model.train()
     device = rows.device
+    params = list(model.parameters())
     state = carried if carried is not None else model.zero_state(rows.size(0))
     start_time, words = time.perf_counter(), 0
     batches, windows = _epoch_windows(rows, config, progress.epoch, progress.step, plan.windows)
@@ -417,8 +419,8 @@ def _train_epoch(model: LanguageModel, optimizer: torch.optim.Optimizer, rows: t
             cost = cost + penalty
         optimizer.zero_grad(set_to_none=True)
         cost.backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(),
-                                                         config.max_grad_norm))
+        norm = gradient_norm(params)
+        grad_norm = float(norm)
         # The whole batch's cost, the same on every rank: so is the decision to stop on inf.
         # (The gradient norm is of the all-reduced gradients: the same on every rank too.)
         cost_value = (world.summed(nll.detach()) / config.batch_size).item()
@@ -432,7 +434,7 @@ def _train_epoch(model: LanguageModel, optimizer: torch.optim.Optimizer, rows: t
                     else f"loss is {per_token:.4g} nats per token, past a perplexity float32 "
                          f"can hold")
             raise NonFiniteLoss(what, progress.epoch, progress.step + 1, save.checkpointed())
-        optimizer.step()
+        clipped_step(optimizer, norm, config.max_grad_norm)
         average.update()
         progress.costs += cost_value
         progress.iters += steps
@@ -462,15 +464,6 @@ def _train_epoch(model: LanguageModel, optimizer: torch.optim.Optimizer, rows: t
         raise NonFiniteLoss("the weights are not finite", progress.epoch, progress.step,
                             save.checkpointed())
     return stop
-
-
-def make_optimizer(config: LMConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """The tutorial's plain SGD, or Adam; the epoch schedule sets the rate of either."""
-    if config.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=config.learning_rate,
-                                weight_decay=config.weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=config.learning_rate,
-                           weight_decay=config.weight_decay)
 
 
 # float32 weights, their gradients and the optimizer's state (SGD: none; Adam: two moments).
@@ -599,6 +592,9 @@ def _resume(config: LMConfig, data: TokenSplits, loaded: LoadedLM, world: World,
         if saved != asked:
             raise UserError(f"{path}: the run trains with {name} {saved}; it cannot resume "
                             f"with {name} {asked} (start a new run for that)")
+    if loaded.progress.asgd_count and not config.asgd_nonmono:
+        raise UserError(f"{path}: the run averages its weights (NT-ASGD switched on); it cannot "
+                        f"resume with asgd_nonmono 0 (start a new run for that)")
     if config.variable_bptt and loaded.config.seed != config.seed:  # it draws the lengths
         raise UserError(f"{path}: the run's window lengths come from seed {loaded.config.seed}; "
                         f"it cannot resume with seed {config.seed} (start a new run for that)")

@@ -1,0 +1,83 @@
+"""The optimizer's part of a training step: clip_grad_norm_ + SGD against lstmkit's fused step.
+
+Both clip the gradients to the preset's total norm and take an SGD step on the preset's
+parameters (random gradients): `plain` is what users write (`clip_grad_norm_`, then
+`torch.optim.SGD.step()`), `lstmkit` is `lm/optim.py` (the norm, then one fused pass that
+divides by the clipping factor and updates). Interleaved, medians in ms, one JSON line a preset.
+
+    python bench/optimizer_step.py --presets small medium large
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from lstmkit.lm.config import preset
+from lstmkit.lm.model import build_language_model
+from lstmkit.lm.optim import clipped_step, gradient_norm, make_optimizer
+from throughput import machine
+
+
+def make_step(name: str, side: str) -> Callable[[], None]:
+    config = preset(name)
+    torch.manual_seed(0)
+    model = build_language_model(config, 10_000)
+    params = list(model.parameters())
+    for p in params:
+        p.grad = torch.randn_like(p) * 0.1
+    if side == "plain":
+        optimizer = torch.optim.SGD(params, lr=config.learning_rate)
+
+        def step() -> None:
+            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+        return step
+    optimizer = make_optimizer(config, model)
+
+    def step() -> None:
+        norm = gradient_norm(params)
+        float(norm)  # the trainer reads it (non-finite check) before the step
+        clipped_step(optimizer, norm, config.max_grad_norm)
+    return step
+
+
+def median_ms(step: Callable[[], None], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--presets", nargs="+", default=["small", "medium", "large"])
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=4)
+    args = p.parse_args(argv)
+    where = machine()
+    for name in args.presets:
+        steps = {side: make_step(name, side) for side in ("plain", "lstmkit")}
+        times: dict[str, list[float]] = {side: [] for side in steps}
+        for step in steps.values():
+            median_ms(step, 3)  # warm-up
+        for round_ in range(args.rounds):
+            order = list(steps) if round_ % 2 == 0 else list(reversed(steps))
+            for side in order:
+                times[side].append(median_ms(steps[side], args.repeats))
+        ms = {side: round(statistics.median(t), 3) for side, t in times.items()}
+        print(json.dumps({"preset": name, "ms": ms,
+                          "plain_over_lstmkit": round(ms["plain"] / ms["lstmkit"], 2),
+                          "machine": where}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
