@@ -5,7 +5,10 @@ F.cross_entropy, SGD, clip_grad_norm_, with the same preset, data, batch shape a
 `plain_fp32`, and on a CPU with native bf16 products also `plain_bf16`, the same code under
 `torch.autocast("cpu", dtype=torch.bfloat16)` (one line more, the strongest simple baseline).
 All run in this one process, interleaved after warm-up, the order rotating every repetition,
-so a noisy machine slows all alike; we report medians and ratios of medians. One JSON line per
+so a noisy machine slows all alike; we report medians and ratios of medians. The process
+keeps freed memory for reuse (lstmkit.allocator, as the lstmkit command does) unless
+--default-allocator: under glibc's defaults the baselines' speed swings by up to 3x between
+processes with where their buffers land. One JSON line per
 preset and cell, naming the CPU's instruction sets and the implementation that ran.
 
     python bench/throughput.py --presets small medium large --data-dir ../shared/data/ptb
@@ -27,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lstmkit.allocator import keep_freed_memory
 from lstmkit.device import cpu_has_native_bf16, resolve_precision
 from lstmkit.fields import apply_overrides
 from lstmkit.lm.batching import batch_rows, bptt_windows
@@ -37,6 +41,7 @@ from lstmkit.lm.optim import clipped_step, gradient_norm, make_optimizer
 from lstmkit.nn.recurrent import detach_state
 
 RNN_MODULES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+ALLOCATOR = {"kept": False}  # whether main() tuned malloc for this process
 
 
 class HandWrittenLM(nn.Module):
@@ -222,7 +227,9 @@ def machine() -> dict:
         pass
     return {"cpu": cpu, "isa": cpu_isa(), "native_bf16": cpu_has_native_bf16(),
             "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version()}
+            "torch": torch.__version__, "python": platform.python_version(),
+            "allocator": "freed memory kept (lstmkit.allocator)" if ALLOCATOR["kept"]
+            else "default"}
 
 
 def main(argv=None) -> int:
@@ -238,7 +245,11 @@ def main(argv=None) -> int:
                    help="training windows per repetition for large (a window takes seconds)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--default-allocator", action="store_true",
+                   help="leave glibc's malloc as it is (default: keep freed memory, as the "
+                        "lstmkit command does; all sides of the comparison run under it)")
     args = p.parse_args(argv)
+    ALLOCATOR["kept"] = not args.default_allocator and keep_freed_memory()
     ids, vocab_size = corpus(args.data_dir)
     for name in args.presets:
         for cell in args.cells:

@@ -14,6 +14,7 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 
+from lstmkit.allocator import keep_freed_memory
 from lstmkit.classify.cli import add_classify_command
 from lstmkit.distributed import lost_contact, rank_label
 from lstmkit.errors import LstmkitWarning, UserError, one_line
@@ -34,6 +35,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    keep_freed_memory()  # every window reuses the last one's buffers (lstmkit/allocator.py)
     with warnings.catch_warnings():  # restores the usual display when main returns
         warnings.showwarning = _one_line_warnings(warnings.showwarning)
         return _dispatch(argv)
