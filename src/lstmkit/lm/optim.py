@@ -46,7 +46,7 @@ def clipped_step(optimizer: torch.optim.Optimizer, norm: torch.Tensor, max_norm:
     norm being `norm` (gradient_norm's)."""
     divisor = torch.clamp((norm.float() + 1e-6) / max_norm, min=1.0)
     if all(group.get("fused") for group in optimizer.param_groups):
-        optimizer.grad_scale = divisor.to(_device(optimizer))  # type: ignore[attr-defined]
+        optimizer.grad_scale = divisor  # type: ignore[attr-defined]  # on the grads' device
         try:
             optimizer.step()
         finally:
@@ -54,9 +54,6 @@ def clipped_step(optimizer: torch.optim.Optimizer, norm: torch.Tensor, max_norm:
         return
     grads = [p.grad for group in optimizer.param_groups for p in group["params"]
              if p.grad is not None]
-    torch._foreach_div_(grads, divisor.to(_device(optimizer)))
+    torch._foreach_div_(grads, divisor)
     optimizer.step()
 
-
-def _device(optimizer: torch.optim.Optimizer) -> torch.device:
-    return optimizer.param_groups[0]["params"][0].device
