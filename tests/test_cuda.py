@@ -12,6 +12,7 @@ import torch
 from lstmkit.lm import api
 from lstmkit.lm.config import preset
 from lstmkit.lm.model import build_language_model
+from lstmkit.lm.runs import load_lm
 from lstmkit.reporting import Console
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here")
@@ -58,6 +59,8 @@ def test_a_run_trains_on_the_gpu_and_its_checkpoint_evaluates_alike_on_the_cpu(
     on_gpu = api.evaluate_ptb(run, ptb_dir, device="cuda", precision="fp32").value
     on_cpu = api.evaluate_ptb(run, ptb_dir, device="cpu", precision="fp32").value
     assert on_gpu == pytest.approx(on_cpu, rel=1e-4)
+    saved_scale = load_lm(run).progress.loss_scale
+    assert (saved_scale > 0) == (precision == "fp16"), "fp16 alone scales its loss"
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])

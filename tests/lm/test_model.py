@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -18,6 +20,21 @@ def test_all_parameters_start_uniform_within_init_scale_and_lstm_has_one_bias():
             assert torch.count_nonzero(param) == 0, "b_hh duplicates b_ih; it starts at zero"
         else:
             assert param.abs().max() > 0.02, f"{name} looks untouched by the uniform init"
+
+
+def test_awd_init_starts_each_recurrent_layer_as_pytorch_and_the_output_bias_at_zero():
+    """AWD-LSTM's: embedding within init_scale, recurrent layers of H units within 1/sqrt(H)
+    (PyTorch's LSTM default, both biases included), output bias 0."""
+    torch.manual_seed(0)
+    config = dataclasses.replace(preset("small"), init="awd", init_scale=0.1, num_layers=3,
+                                 hidden_size=64, embedding_size=16, tie_weights=True)
+    model = build_language_model(config, vocab_size=50)
+    assert model.tied() and torch.count_nonzero(model.decoder.bias) == 0
+    assert 0.09 < model.embedding.weight.abs().max() <= 0.1
+    for rnn, hidden in ((model.rnn, 64), (model.rnn_top, 16)):
+        for name, param in rnn.named_parameters():
+            bound = hidden ** -0.5
+            assert 0.9 * bound < param.abs().max() <= bound, name
 
 
 def test_forget_bias_is_added_to_the_forget_gate_slice():

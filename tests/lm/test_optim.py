@@ -8,7 +8,16 @@ import torch
 from torch import nn
 
 from lstmkit.lm.config import LMConfig
-from lstmkit.lm.optim import clipped_step, gradient_norm, make_optimizer
+from lstmkit.lm.optim import (
+    LOSS_SCALE_GROWTH_INTERVAL,
+    LOSS_SCALE_START,
+    clipped_step,
+    gradient_norm,
+    grown_loss_scale,
+    lower_loss_scale,
+    make_optimizer,
+    starting_loss_scale,
+)
 
 SCALES = (10.0, 0.01, 3.0)  # gradient sizes of successive steps: clipped, not, clipped
 
@@ -120,3 +129,36 @@ def test_an_unfused_optimizer_clips_its_gradients_before_the_step():
 
 def test_the_norm_of_no_gradients_is_zero():
     assert float(gradient_norm([nn.Parameter(torch.ones(3))])) == 0.0
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_a_scaled_loss_s_gradients_step_as_the_unscaled_ones(optimizer, weight_decay, fused):
+    """Gradients of the loss x 2^16, divided in the (fused or plain) pass: the same step,
+    clipped or not, weight decay on the weights alone."""
+    config = LMConfig(optimizer=optimizer, learning_rate=0.5, weight_decay=weight_decay,
+                      max_grad_norm=1.0)
+    ours, reference = _model(), _model()
+    opt, ref = make_optimizer(config, ours), make_optimizer(config, reference)
+    if not fused:
+        opt = _reference(config, ours)
+    for step, scale in enumerate(SCALES):
+        _set_gradients(reference, step, scale)
+        _set_gradients(ours, step, scale * LOSS_SCALE_START)
+        norm = gradient_norm(list(ours.parameters())) / LOSS_SCALE_START
+        clipped_step(opt, norm, config.max_grad_norm, LOSS_SCALE_START)
+        clipped_step(ref, gradient_norm(list(reference.parameters())), config.max_grad_norm)
+        assert _same(ours, reference)
+
+
+def test_the_loss_scale_halves_on_overflow_and_doubles_after_the_growth_interval():
+    assert starting_loss_scale("fp16", 0.0) == LOSS_SCALE_START
+    assert starting_loss_scale("fp16", 512.0) == 512.0, "a resumed run keeps its scale"
+    assert starting_loss_scale("bf16", 512.0) == starting_loss_scale("fp32", 0.0) == 0.0
+    assert lower_loss_scale(LOSS_SCALE_START) == LOSS_SCALE_START / 2
+    scale, good = LOSS_SCALE_START, 0
+    for _ in range(LOSS_SCALE_GROWTH_INTERVAL - 1):
+        scale, good = grown_loss_scale(scale, good)
+    assert (scale, good) == (LOSS_SCALE_START, LOSS_SCALE_GROWTH_INTERVAL - 1)
+    assert grown_loss_scale(scale, good) == (2 * LOSS_SCALE_START, 0)

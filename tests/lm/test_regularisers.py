@@ -46,6 +46,7 @@ def test_the_seeds_presets_leave_every_new_piece_off():
         cfg = preset(name)
         assert Regularisers.of(cfg) == Regularisers() and not cfg.tie_weights
         assert cfg.lr_schedule == "epochs" and cfg.time_budget == "" and not cfg.variable_bptt
+        assert cfg.init == "uniform"
 
 
 def test_locked_dropout_keeps_one_mask_per_row_along_the_whole_window():

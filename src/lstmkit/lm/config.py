@@ -22,6 +22,7 @@ from lstmkit.nn.recurrent import CELLS, LSTM_IMPLS
 
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("epochs", "linear", "cosine")
+INITS = ("uniform", "awd")
 ON_NAN = ("stop", "rollback")
 FLOAT32_MAX = 3.4028234663852886e38
 
@@ -48,6 +49,10 @@ class LMConfig:
     cell: str = described("lstm", "recurrent cell", CELLS)
     # 0 is the tutorial's choice; 1.0 is the common alternative
     forget_bias: float = described(0.0, "added to the LSTM forget gate's initial bias")
+    init: str = described(
+        "uniform", "uniform: every weight starts in [-init_scale, init_scale] (the tutorial's); "
+        "awd: AWD-LSTM's: embedding and output weights in [-init_scale, init_scale], output "
+        "bias 0, a recurrent layer of H units in [-1/sqrt(H), 1/sqrt(H)]", INITS)
     lstm_impl: str = described(
         "auto", "the LSTM layer: lstmkit's own (native), oneDNN's nn.LSTM (onednn), or auto: "
         "ours where it measured faster (bf16 training)", LSTM_IMPLS)
@@ -206,11 +211,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     # finetuning stage): 3 layers of 1150 under a tied 400-unit embedding, SGD at a constant
     # rate for 500 epochs, NT-ASGD after 5 checks without improvement. Its rates in lstmkit's
     # cost, summed over the 70 steps of a window: learning rate 30 / 70, clipping 0.25 x 70,
-    # weight decay 1.2e-6 x 70. One uniform init_scale replaces its per-layer initialisation.
+    # weight decay 1.2e-6 x 70; its initialisation (init awd).
     # 24.2M parameters and 500 epochs: a machine with time (or a GPU) for this.
-    "awd": dict(init_scale=0.04, learning_rate=30 / 70, max_grad_norm=0.25 * 70, num_layers=3,
-                num_steps=70, hidden_size=1150, max_epoch=500, max_max_epoch=500, keep_prob=1.0,
-                lr_decay=1.0, batch_size=20, tie_weights=True, embedding_size=400,
+    "awd": dict(init="awd", init_scale=0.1, learning_rate=30 / 70, max_grad_norm=0.25 * 70,
+                num_layers=3, num_steps=70, hidden_size=1150, max_epoch=500, max_max_epoch=500,
+                keep_prob=1.0, lr_decay=1.0, batch_size=20, tie_weights=True, embedding_size=400,
                 locked_dropout_input=0.4, locked_dropout_hidden=0.25, locked_dropout_output=0.4,
                 embedding_dropout=0.1, weight_drop=0.5, ar=2.0, tar=1.0, weight_decay=1.2e-6 * 70,
                 asgd_nonmono=5, variable_bptt=True),

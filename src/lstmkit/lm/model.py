@@ -147,11 +147,18 @@ class LanguageModel(nn.Module):
         self.input_dropout.p = self.output_dropout.p = self.layer_dropout = drop
         self.rnn.dropout = drop if self.rnn.num_layers > 1 else 0.0
 
-    def init_weights(self, init_scale: float, forget_bias: float = 0.0) -> None:
+    def init_weights(self, init_scale: float, forget_bias: float = 0.0,
+                     scheme: str = "uniform") -> None:
+        """`scheme` uniform: every weight U(-init_scale, init_scale), as the tutorial; awd:
+        AWD-LSTM's, the output bias 0 and each recurrent layer of H units U(-1/sqrt(H),
+        1/sqrt(H)), as PyTorch's own LSTM starts."""
         for param in (self.embedding.weight, self.decoder.weight, self.decoder.bias):
             nn.init.uniform_(param, -init_scale, init_scale)
+        if scheme == "awd":
+            nn.init.zeros_(self.decoder.bias)
         for rnn in self.recurrent_stacks():
-            init_recurrent_(rnn, init_scale, forget_bias)
+            scale = rnn.hidden_size ** -0.5 if scheme == "awd" else init_scale
+            init_recurrent_(rnn, scale, forget_bias, zero_hidden_bias=scheme != "awd")
 
     def recurrent_stacks(self) -> list[nn.Module]:
         """The recurrent stacks bottom-up: `rnn`, and `rnn_top` where the top layer has
@@ -288,5 +295,5 @@ def parameter_count(shape: LMShape) -> int:
 def build_language_model(config: LMConfig, vocab_size: int) -> LanguageModel:
     model = LanguageModel(LMShape.of(config, vocab_size), keep_prob=config.keep_prob,
                           lstm_impl=config.lstm_impl, regularisers=Regularisers.of(config))
-    model.init_weights(config.init_scale, config.forget_bias)
+    model.init_weights(config.init_scale, config.forget_bias, config.init)
     return model

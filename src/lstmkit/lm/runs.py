@@ -51,6 +51,8 @@ class Progress:
     budget_used: float = 0.0  # seconds of the time budget spent up to this state
     asgd_count: int = 0  # iterates in NT-ASGD's average (0: not averaging yet)
     training_done: bool = False  # the time budget ended training (the test may be left)
+    loss_scale: float = 0.0  # fp16's dynamic loss scale (lm/optim.py); 0: not scaling
+    loss_scale_good_steps: int = 0  # finite steps in a row at this scale
 
 
 @dataclass
@@ -74,7 +76,8 @@ class LoadedLM:
 
 _PROGRESS_TYPES = {"epoch": "int", "step": "int", "costs": "float", "iters": "int",
                    "metrics_bytes": "int", "lr_scale": "float", "windows_done": "int",
-                   "planned_windows": "int", "budget_used": "float", "asgd_count": "int"}
+                   "planned_windows": "int", "budget_used": "float", "asgd_count": "int",
+                   "loss_scale": "float", "loss_scale_good_steps": "int"}
 
 
 def checked_progress(saved: Any) -> Progress:
@@ -87,7 +90,7 @@ def checked_progress(saved: Any) -> Progress:
     check_type("training_done", progress.training_done, "bool")
     if progress.best_valid is not None:
         check_type("best_valid", progress.best_valid, "float")
-    for name in ("costs", "lr_scale", "budget_used"):
+    for name in ("costs", "lr_scale", "budget_used", "loss_scale"):
         if not math.isfinite(getattr(progress, name)):
             raise UserError(f"{name} is not a finite number")
     if not (isinstance(progress.history, list)
@@ -95,7 +98,8 @@ def checked_progress(saved: Any) -> Progress:
         raise UserError("history is not a list of records")
     if progress.epoch < 1 or min(progress.step, progress.iters, progress.metrics_bytes,
                                  progress.windows_done, progress.planned_windows,
-                                 progress.budget_used, progress.asgd_count) < 0:
+                                 progress.budget_used, progress.asgd_count,
+                                 progress.loss_scale, progress.loss_scale_good_steps) < 0:
         raise UserError("a position field is out of range")
     return progress
 

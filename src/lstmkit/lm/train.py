@@ -38,7 +38,14 @@ from lstmkit.lm.model import (
     build_language_model,
     parameter_count,
 )
-from lstmkit.lm.optim import clipped_step, gradient_norm, make_optimizer
+from lstmkit.lm.optim import (
+    clipped_step,
+    gradient_norm,
+    grown_loss_scale,
+    lower_loss_scale,
+    make_optimizer,
+    starting_loss_scale,
+)
 from lstmkit.lm.runs import (
     LoadedLM,
     Progress,
@@ -125,6 +132,10 @@ def train_language_model(config: LMConfig, data: TokenSplits, save_path: str | P
                           tensorboard)
 
 
+def _loss_scale_label(progress: Progress) -> str:
+    return f", loss scale {progress.loss_scale:.0f}" if progress.loss_scale else ""
+
+
 def _precision_label(config: LMConfig, device: torch.device) -> str:
     resolved = resolve_precision(config.precision, device)
     return f"{resolved} (auto)" if config.precision == "auto" else resolved
@@ -181,10 +192,12 @@ def _train_in_run(config: LMConfig, data: TokenSplits, run: RunDir,
         optimizer = make_optimizer(config, model)
         progress, carried = Progress(), None
         average = WeightAverage(model)
+        _start_loss_scale(progress, config, device)
     repeat = ("exactly" if config.budget_seconds is None
               else "exactly up to the time budget's first plan")
     console.say(f"seed {config.seed}: runs with the same seed, device and thread count repeat "
-                f"{repeat} | device {device.type} | precision {_precision_label(config, device)} | "
+                f"{repeat} | device {device.type} | precision {_precision_label(config, device)}"
+                f"{_loss_scale_label(progress)} | "
                 f"{sum(p.numel() for p in model.parameters()):,} parameters")
     runs_on = implementation(config, model, device)
     console.say(f"recurrent layer {runs_on['recurrent']} | softmax {runs_on['softmax']} | "
@@ -418,24 +431,35 @@ def _train_epoch(model: LanguageModel, optimizer: torch.optim.Optimizer, rows: t
         if penalty is not None:
             cost = cost + penalty
         optimizer.zero_grad(set_to_none=True)
-        cost.backward()
-        norm = gradient_norm(params)
+        loss_scale = progress.loss_scale or 1.0
+        (cost * loss_scale if progress.loss_scale else cost).backward()
+        norm = gradient_norm(params) / loss_scale
         grad_norm = float(norm)
         # The whole batch's cost, the same on every rank: so is the decision to stop on inf.
         # (The gradient norm is of the all-reduced gradients: the same on every rank too.)
         cost_value = (world.summed(nll.detach()) / config.batch_size).item()
         steps = x.size(1)
         per_token = cost_value / steps
-        if not (math.isfinite(cost_value) and math.isfinite(grad_norm)
-                and per_token <= MAX_LOSS_PER_TOKEN):
+        # Only gradients that overflowed a sound forward pass are fp16's range, not the run.
+        overflowed = progress.loss_scale > 1 and not math.isfinite(grad_norm) \
+            and math.isfinite(cost_value) and per_token <= MAX_LOSS_PER_TOKEN \
+            and _finite(penalty)
+        if not (overflowed or (math.isfinite(cost_value) and math.isfinite(grad_norm)
+                and per_token <= MAX_LOSS_PER_TOKEN)):
             bar.close()  # checked before the step, so a NaN never reaches the weights
             what = (f"loss is {cost_value}" if not math.isfinite(cost_value)
                     else f"gradient norm is {grad_norm}" if not math.isfinite(grad_norm)
                     else f"loss is {per_token:.4g} nats per token, past a perplexity float32 "
                          f"can hold")
             raise NonFiniteLoss(what, progress.epoch, progress.step + 1, save.checkpointed())
-        clipped_step(optimizer, norm, config.max_grad_norm)
-        average.update()
+        if overflowed:  # skip the step; a smaller loss scale from the next
+            _skip_overflowed_step(progress, metrics)
+        else:
+            clipped_step(optimizer, norm, config.max_grad_norm, loss_scale)
+            average.update()
+            if progress.loss_scale:
+                progress.loss_scale, progress.loss_scale_good_steps = grown_loss_scale(
+                    progress.loss_scale, progress.loss_scale_good_steps)
         progress.costs += cost_value
         progress.iters += steps
         progress.step += 1
@@ -464,6 +488,25 @@ def _train_epoch(model: LanguageModel, optimizer: torch.optim.Optimizer, rows: t
         raise NonFiniteLoss("the weights are not finite", progress.epoch, progress.step,
                             save.checkpointed())
     return stop
+
+
+def _start_loss_scale(progress: Progress, config: LMConfig, device: torch.device) -> None:
+    """fp16's loss scale as saved (or its start); none for other precisions."""
+    scale = starting_loss_scale(resolve_precision(config.precision, device), progress.loss_scale)
+    if scale != progress.loss_scale:
+        progress.loss_scale, progress.loss_scale_good_steps = scale, 0
+
+
+def _finite(penalty: torch.Tensor | None) -> bool:
+    return penalty is None or math.isfinite(float(penalty))
+
+
+def _skip_overflowed_step(progress: Progress, metrics: MetricsLog) -> None:
+    """fp16's gradients overflowed at the loss scale: no step, half the scale (lm/optim.py)."""
+    progress.loss_scale = lower_loss_scale(progress.loss_scale)
+    progress.loss_scale_good_steps = 0
+    metrics.write({"event": "overflow", "epoch": progress.epoch, "step": progress.step + 1,
+                   "loss_scale": progress.loss_scale})
 
 
 # float32 weights, their gradients and the optimizer's state (SGD: none; Adam: two moments).
@@ -628,6 +671,7 @@ def _restore(loaded: LoadedLM, optimizer: torch.optim.Optimizer, average: Weight
             restore_rng(loaded)
         else:
             world.seed_replica(config.seed)
+    _start_loss_scale(progress, config, device)  # the precision may differ from the saved run's
     metrics.truncate_to(progress.metrics_bytes)
     carried = carried_state(loaded, device)
     if carried is not None and world.distributed:

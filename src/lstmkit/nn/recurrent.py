@@ -169,16 +169,18 @@ def _one_layer(rnn: nn.RNNBase, x: torch.Tensor, state: State, weights: list[tor
     return out, (h,)
 
 
-def init_recurrent_(rnn: nn.RNNBase, init_scale: float, forget_bias: float) -> None:
+def init_recurrent_(rnn: nn.RNNBase, init_scale: float, forget_bias: float,
+                    zero_hidden_bias: bool = True) -> None:
     """Uniform init in [-init_scale, init_scale].
 
     PyTorch keeps two bias vectors (b_ih + b_hh) where the LSTM equations have one; for the LSTM
-    b_hh is zeroed so the effective bias is U(-s, s) as in the tutorial, and `forget_bias` is
-    added to the forget-gate slice (PyTorch's gate order is i, f, g, o).
+    b_hh is zeroed (unless `zero_hidden_bias` is false, as PyTorch's own init leaves it) so the
+    effective bias is U(-s, s) as in the tutorial, and `forget_bias` is added to the
+    forget-gate slice (PyTorch's gate order is i, f, g, o).
     """
     for name, param in rnn.named_parameters():
         nn.init.uniform_(param, -init_scale, init_scale)
-        if isinstance(rnn, nn.LSTM) and name.startswith("bias_hh"):
+        if zero_hidden_bias and isinstance(rnn, nn.LSTM) and name.startswith("bias_hh"):
             nn.init.zeros_(param)
     if isinstance(rnn, nn.LSTM) and forget_bias:
         hidden = rnn.hidden_size
