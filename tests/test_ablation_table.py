@@ -34,6 +34,14 @@ def test_the_table_lists_each_piece_off_against_everything_and_marks_unfinished_
     write_run(results / "ablation" / "no-tied-weights", [130.0], None)
     table = load_script().table(results)
     lines = table.splitlines()
-    assert lines[2] == "| cpu-hour (everything) | 2.25 | 85.50 | 82.00 |  |"
-    assert "| no-tied-weights | unfinished | | | |" in lines
-    assert "| no-weight-drop | 2.00 | 91.00 | 86.50 | +4.50 |" in lines
+    assert lines[2] == "| cpu-hour (everything) | 2.25 | 85.50 | 85.50 (3) | 82.00 |  |"
+    assert "| no-tied-weights | unfinished | | | | |" in lines
+    assert "| no-weight-drop | 2.00 | 91.00 | 91.00 (2) | 86.50 | +4.50 |" in lines
+
+
+def test_the_best_valid_and_its_epoch_show_a_run_that_overfits(tmp_path):
+    results = tmp_path / "ptb-cpu-hour"
+    write_run(results, [120.0, 90.0], 88.0)
+    write_run(results / "ablation" / "no-locked-dropout", [100.0, 95.0, 110.0], 107.0)
+    lines = load_script().table(results).splitlines()
+    assert "| no-locked-dropout | 3.00 | 110.00 | 95.00 (2) | 107.00 | +19.00 |" in lines
