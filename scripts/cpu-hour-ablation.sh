@@ -2,7 +2,7 @@
 # The cpu-hour preset's ablation: the same budget with one piece turned off in turn, each run
 # recorded under results/ptb-cpu-hour/ablation/NAME by scripts/record-run.sh, its run directory
 # under RUNS (default ~/lstmkit-runs/cpu-hour-ablation). Recorded runs are skipped and an
-# interrupted one is resumed, so the ablation can be continued over several sittings:
+# interrupted one is resumed, so the ablation can be continued after any interruption:
 #   [DATA=DIR] [RUNS=DIR] bash scripts/cpu-hour-ablation.sh [NAME...]
 # (DATA defaults to PTB in ../shared/data/ptb beside the repository; no NAME: all of them),
 # then `python3 scripts/ablation_table.py` writes results/ptb-cpu-hour/ablation.md.

@@ -33,6 +33,7 @@ CLASSIFIER = ["--layer-sizes", "16,8", "--embed-size", "16", "--batch-size", "16
               "--epochs", "2", "--learning-rate", "0.01", "--embed-dropout", "0",
               "--dropout", "0"]
 FAULT_WORKER = Path(__file__).with_name("rank_fault_worker.py")
+OVERFLOW_WORKER = Path(__file__).with_name("rank_overflow_worker.py")
 WINDOWS = 11  # per epoch: (233 tokens // 4 rows - 1) // 5 steps
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -82,6 +83,28 @@ def test_two_processes_train_the_parameters_of_one_with_the_same_global_batch(tm
     for a, b in zip(epochs_of(tmp_path / "ddp"), epochs_of(tmp_path / "one"), strict=True):
         for key in ("train_perplexity", "valid_perplexity"):
             assert a[key] == pytest.approx(b[key], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_an_overflow_on_one_rank_skips_the_step_on_every_rank(tmp_path):
+    """fp16's loss scaling: gradients that overflowed on rank 1 alone reach rank 0 through the
+    all-reduce, so both skip the step and halve the scale; rank 0's weights are then one
+    process's with the same window skipped."""
+    ptb = tiny_ptb(tmp_path)
+    common = [*LM, "--max-max-epoch", "2", "--data-dir", ptb]
+    done, _ = torchrun("train", *common, "--save-path", tmp_path / "ddp",
+                       script=OVERFLOW_WORKER, env={"OVERFLOW_RANK": "1", "OVERFLOW_AT": "3"})
+    assert done.returncode == 0, done.stderr
+    one = subprocess.run([sys.executable, str(OVERFLOW_WORKER), "train", *map(str, common),
+                          "--save-path", str(tmp_path / "one")], capture_output=True, text=True,
+                         env={**os.environ, "OVERFLOW_AT": "3"}, timeout=120)
+    assert one.returncode == 0, one.stderr
+    ddp, alone = load_lm(tmp_path / "ddp"), load_lm(tmp_path / "one")
+    assert ddp.progress.loss_scale == alone.progress.loss_scale == 2.0 ** 15
+    assert max_abs_diff(ddp.model, alone.model) <= 1e-5
+    overflows = [line for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
+                 if '"event": "overflow"' in line]
+    assert len(overflows) == 1 and '"step": 3' in overflows[0]
 
 
 @pytest.mark.slow

@@ -5,9 +5,10 @@ gradients, the logits, dropout's outputs, the weights' gradients. By default gli
 block above its (adaptive) mmap threshold from a fresh mapping and unmaps it when it is freed,
 and returns the free top of its heap to the system beyond a trim threshold; the next window
 then faults the same memory in again, 4 KiB at a time, each page zeroed by the kernel first.
-`keep_freed_memory()` fixes the mmap threshold at its largest (32 MiB) and stops the trimming,
-so blocks up to that size are reused as they are. The process keeps its peak memory instead of
-handing it back between windows, which a training run needs again a moment later anyway.
+`keep_freed_memory()` fixes the mmap threshold at its largest (32 MiB) and raises the trim
+threshold to about 2 GiB (mallopt's largest), so blocks up to that size are reused as they
+are. The process keeps its peak memory instead of handing it back between windows, which a
+training run needs again a moment later anyway.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ def resolve_device(name: str) -> torch.device:
 def cpu_has_native_bf16() -> bool:
     """AVX-512 BF16 or AMX: only there do bf16 products beat fp32 (measured: ~2x on Zen 4).
 
-    Elsewhere (AVX2 CPUs such as Zen 3) bf16 products are emulated: 10-100x slower than fp32
+    Elsewhere (AVX2 CPUs such as Zen 3) bf16 products are emulated: 10-145x slower than fp32
     (`bench/gemm.py`), and oneDNN has no bf16 LSTM primitive at all.
     """
     cpu = torch.cpu

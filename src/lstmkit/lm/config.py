@@ -55,7 +55,8 @@ class LMConfig:
         "bias 0, a recurrent layer of H units in [-1/sqrt(H), 1/sqrt(H)]", INITS)
     lstm_impl: str = described(
         "auto", "the LSTM layer: lstmkit's own (native), oneDNN's nn.LSTM (onednn), or auto: "
-        "ours where it measured faster (bf16 training)", LSTM_IMPLS)
+        "ours where it measured faster (bf16 training; bf16 evaluation from hidden 1024)",
+        LSTM_IMPLS)
     # --- AWD-LSTM's regularisers (Merity et al. 2017) and schedule; all off by default, so the
     # tutorial's presets are unchanged. docs/regularisers.md says what each does. ---
     tie_weights: bool = described(

@@ -34,9 +34,10 @@ class LayerHooks:
 _MODULES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 CELLS = tuple(_MODULES)  # the cells every model of the package can be built with
 LSTM_IMPLS = ("auto", "native", "onednn")
-# Where "auto" runs our LSTM layer under bf16: training at every size (1.3x at hidden 200, 1.6x
-# at 650, 2.8x at 1500 against oneDNN's bf16 LSTM, bench/lstm_layer.py), evaluation only from
-# this width on (oneDNN's forward alone is faster below it). In fp32 oneDNN is faster.
+# Where "auto" runs our LSTM layer under bf16: training at every size (1.42x at hidden 200,
+# 1.63x at 650, 3.05x at 1500 against oneDNN's bf16 LSTM, bench/lstm_layer.py), evaluation
+# only from this width on (oneDNN's forward alone is faster below it). In fp32 oneDNN is
+# faster.
 NATIVE_EVAL_MIN_HIDDEN = 1024
 
 
