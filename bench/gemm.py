@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from throughput import machine
+from throughput import add_allocator_flag, apply_allocator, machine
 
 
 def products(rows: int, hidden: int, vocab: int) -> dict[str, tuple]:
@@ -63,7 +63,9 @@ def main(argv=None) -> int:
     p.add_argument("--hidden", type=int, default=200)
     p.add_argument("--vocab", type=int, default=10_000)
     p.add_argument("--repeats", type=int, default=7)
+    add_allocator_flag(p)
     args = p.parse_args(argv)
+    apply_allocator(args)
     where = machine()
     for name, (left, right, transposed) in products(args.rows, args.hidden, args.vocab).items():
         result = bench_product(left, right, transposed, args.repeats)

@@ -13,7 +13,6 @@ precision) with the median milliseconds and the machine.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import time
@@ -22,16 +21,9 @@ import torch
 from torch import nn
 
 from lstmkit.nn.lstm import fused_lstm, lstm_weights, native_kernel
+from throughput import add_allocator_flag, apply_allocator, machine
 
 LAYERS, BATCH = 2, 20
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as info:
-        for line in info:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def make_step(impl: str, precision: str, mode: str, rnn: nn.LSTM, x: torch.Tensor, state):
@@ -98,17 +90,17 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=11)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    add_allocator_flag(p)
     args = p.parse_args(argv)
+    apply_allocator(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    machine = {"cpu": cpu_model(), "threads": torch.get_num_threads(),
-               "torch": torch.__version__,
-               "kernel": "native" if native_kernel() is not None else "plain"}
+    where = {**machine(), "kernel": "native" if native_kernel() is not None else "plain"}
     for shape in args.shapes:
         hidden, steps = (int(v) for v in shape.split("x"))
         for mode in args.modes:
             for row in bench_shape(hidden, steps, mode, args.repeats, args.warmup):
-                print(json.dumps({**row, **machine}), flush=True)
+                print(json.dumps({**row, **where}), flush=True)
     return 0
 
 

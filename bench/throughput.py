@@ -232,6 +232,18 @@ def machine() -> dict:
             else "default"}
 
 
+def add_allocator_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--default-allocator", action="store_true",
+                        help="leave glibc's malloc as it is (default: keep freed memory, as the "
+                             "lstmkit command does; everything measured runs under it)")
+
+
+def apply_allocator(args: argparse.Namespace) -> None:
+    """Set the process's malloc as the flag says, before anything is measured; machine()
+    names the choice."""
+    ALLOCATOR["kept"] = not args.default_allocator and keep_freed_memory()
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--presets", nargs="+", default=["small", "medium", "large"])
@@ -245,11 +257,9 @@ def main(argv=None) -> int:
                    help="training windows per repetition for large (a window takes seconds)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--default-allocator", action="store_true",
-                   help="leave glibc's malloc as it is (default: keep freed memory, as the "
-                        "lstmkit command does; all sides of the comparison run under it)")
+    add_allocator_flag(p)
     args = p.parse_args(argv)
-    ALLOCATOR["kept"] = not args.default_allocator and keep_freed_memory()
+    apply_allocator(args)
     ids, vocab_size = corpus(args.data_dir)
     for name in args.presets:
         for cell in args.cells:
