@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from lstmkit.lm.config import preset
-from throughput import add_allocator_flag, apply_allocator, machine
+from throughput import machine, parse_args
 
 VOCAB = 10_000  # PTB's
 
@@ -123,9 +123,7 @@ def main(argv=None) -> int:
     p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--throughput", help="bench/throughput.py's JSON lines, same machine")
-    add_allocator_flag(p)
-    args = p.parse_args(argv)
-    apply_allocator(args)
+    args = parse_args(p, argv)
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     measured = {}
     if args.throughput:

@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from throughput import add_allocator_flag, apply_allocator, machine
+from throughput import machine, parse_args
 
 
 def products(rows: int, hidden: int, vocab: int) -> dict[str, tuple]:
@@ -63,9 +63,7 @@ def main(argv=None) -> int:
     p.add_argument("--hidden", type=int, default=200)
     p.add_argument("--vocab", type=int, default=10_000)
     p.add_argument("--repeats", type=int, default=7)
-    add_allocator_flag(p)
-    args = p.parse_args(argv)
-    apply_allocator(args)
+    args = parse_args(p, argv)
     where = machine()
     for name, (left, right, transposed) in products(args.rows, args.hidden, args.vocab).items():
         result = bench_product(left, right, transposed, args.repeats)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from lstmkit.nn.lstm import fused_lstm, lstm_weights, native_kernel
-from throughput import add_allocator_flag, apply_allocator, machine
+from throughput import machine, parse_args
 
 LAYERS, BATCH = 2, 20
 
@@ -90,9 +90,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=11)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    add_allocator_flag(p)
-    args = p.parse_args(argv)
-    apply_allocator(args)
+    args = parse_args(p, argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     where = {**machine(), "kernel": "native" if native_kernel() is not None else "plain"}

@@ -21,7 +21,7 @@ import torch
 from lstmkit.lm.config import preset
 from lstmkit.lm.model import build_language_model
 from lstmkit.lm.optim import clipped_step, gradient_norm, make_optimizer
-from throughput import add_allocator_flag, apply_allocator, machine
+from throughput import machine, parse_args
 
 
 def make_step(name: str, side: str) -> Callable[[], None]:
@@ -61,9 +61,7 @@ def main(argv=None) -> int:
     p.add_argument("--presets", nargs="+", default=["small", "medium", "large"])
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--rounds", type=int, default=4)
-    add_allocator_flag(p)
-    args = p.parse_args(argv)
-    apply_allocator(args)
+    args = parse_args(p, argv)
     where = machine()
     for name in args.presets:
         steps = {side: make_step(name, side) for side in ("plain", "lstmkit")}

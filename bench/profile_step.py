@@ -12,7 +12,7 @@ from torch.profiler import ProfilerActivity, profile
 from lstmkit.fields import apply_overrides
 from lstmkit.lm.batching import batch_rows, bptt_windows
 from lstmkit.lm.config import preset
-from throughput import add_allocator_flag, apply_allocator, corpus, lstmkit_runner, machine
+from throughput import corpus, lstmkit_runner, machine, parse_args
 
 
 def main() -> None:
@@ -23,9 +23,7 @@ def main() -> None:
     p.add_argument("--eval", action="store_true")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--rows", type=int, default=25)
-    add_allocator_flag(p)
-    args = p.parse_args()
-    apply_allocator(args)
+    args = parse_args(p)
     print(machine())
     config = apply_overrides(preset(args.preset), {"precision": args.precision}, "profile")
     ids, vocab = corpus(args.data_dir)

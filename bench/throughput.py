@@ -232,16 +232,15 @@ def machine() -> dict:
             else "default"}
 
 
-def add_allocator_flag(parser: argparse.ArgumentParser) -> None:
+def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """Every benchmark's arguments plus --default-allocator, with malloc set as it says before
+    anything is measured (machine() names the choice)."""
     parser.add_argument("--default-allocator", action="store_true",
                         help="leave glibc's malloc as it is (default: keep freed memory, as the "
                              "lstmkit command does; everything measured runs under it)")
-
-
-def apply_allocator(args: argparse.Namespace) -> None:
-    """Set the process's malloc as the flag says, before anything is measured; machine()
-    names the choice."""
+    args = parser.parse_args(argv)
     ALLOCATOR["kept"] = not args.default_allocator and keep_freed_memory()
+    return args
 
 
 def main(argv=None) -> int:
@@ -257,9 +256,7 @@ def main(argv=None) -> int:
                    help="training windows per repetition for large (a window takes seconds)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=5)
-    add_allocator_flag(p)
-    args = p.parse_args(argv)
-    apply_allocator(args)
+    args = parse_args(p, argv)
     ids, vocab_size = corpus(args.data_dir)
     for name in args.presets:
         for cell in args.cells:
