@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 
@@ -22,18 +21,9 @@ from lstmkit.lm.data import encode_file, ptb_files
 from lstmkit.lm.evaluate import perplexity
 from lstmkit.lm.quantize import quantize_model
 from lstmkit.lm.runs import load_lm
+from throughput import machine, parse_args
 
 VARIANTS = ("fp32", "int8", "int8-output", "bf16")  # int8-output: only the output layer int8
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            fields = {key.strip(): value for key, value in
-                      (line.split(":", 1) for line in info if ":" in line)}
-        return f"{fields['model name'].strip()} (family {fields['cpu family'].strip()})"
-    except (OSError, KeyError):
-        return platform.processor() or "unknown CPU"
 
 
 def main() -> None:
@@ -48,7 +38,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: batch-1 steps are too small to split, "
                              "and split they wait on the busiest core of a shared machine)")
-    args = parser.parse_args()
+    args = parse_args(parser)
     torch.set_num_threads(args.threads)
 
     loaded = load_lm(args.model, "cpu")
@@ -75,8 +65,7 @@ def main() -> None:
     medians = {name: statistics.median(s) for name, s in speeds.items()}
     print(json.dumps({
         "model": str(args.model), "split": args.split, "tokens": int(ids.numel()),
-        "shape": f"batch {args.batch_size} x {args.num_steps}", "cpu": cpu_name(),
-        "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "shape": f"batch {args.batch_size} x {args.num_steps}", "machine": machine(),
         "perplexity": ppl,
         "int8_perplexity_change_percent": 100 * (ppl["int8"] / ppl["fp32"] - 1),
         "median_words_per_s": {k: round(v) for k, v in medians.items()},

@@ -220,10 +220,12 @@ def machine() -> dict:
     from lstmkit.nn.kernels import cpu_isa
 
     cpu = platform.processor() or platform.machine()
-    try:
+    try:  # with family and model: "AMD EPYC" alone names Zen 3, 4 and 5 alike
         with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
+            fields = dict(line.split(":", 1) for line in f if ":" in line and line.strip())
+        fields = {key.strip(): value.strip() for key, value in fields.items()}
+        cpu = f"{fields['model name']} (family {fields['cpu family']}, model {fields['model']})"
+    except (OSError, KeyError):
         pass
     return {"cpu": cpu, "isa": cpu_isa(), "native_bf16": cpu_has_native_bf16(),
             "cores": os.cpu_count(), "threads": torch.get_num_threads(),
