@@ -132,6 +132,11 @@ CASES = {
         "train --data-dir {ptb} --save-path {lm} --overwrite --eval-batch-size 1000 "
         + " ".join(LM),
         "valid data (320 tokens) is too short for eval_batch_size 1000"),
+    "a time budget that leaves no time to train": Bad(
+        "train --data-dir {ptb} --save-path {lm} --overwrite --time-budget 0.001s "
+        + " ".join(LM),
+        "time budget 0.001 s leaves no time to train: the final validation, test and saving "
+        "are kept"),
     "evaluate split that is not one": Bad("evaluate --model {lm} --data-dir {ptb} --split dev",
                                           "argument --split: invalid choice: 'dev'"),
     "sample length not a number": Bad("sample --model {lm} --length ten",
@@ -442,6 +447,10 @@ ROUND_4 = {
     "crafted: progress of the wrong type": Bad(
         "train --resume --save-path {crafted_progress} --data-dir {ptb}",
         "has no usable training position"),
+    "crafted: a history record without its perplexities": Bad(
+        "train --resume --save-path {crafted_history} --data-dir {ptb}",
+        "has no usable training position, cannot resume from it (config field history "
+        "valid_perplexity must be float, got None)"),
     "crafted: optimizer state of the wrong type": Bad(
         "train --resume --save-path {crafted_optimizer} --data-dir {ptb}",
         "unusable optimizer state"),
@@ -568,7 +577,10 @@ def _round_4_world(w: Path, paths: dict[str, Path], checkpoint: bytes) -> None:
     for name, change in (("progress", lambda m: {**m, "progress": {**m["progress"],
                                                                     "epoch": "one"}}),
                          ("optimizer", lambda m: {**m, "optimizer": {"state": [1, 2],
-                                                                     "param_groups": 3}})):
+                                                                     "param_groups": 3}}),
+                         ("history", lambda m: {**m, "progress": {
+                             **m["progress"], "history": [{"event": "epoch", "epoch": 1,
+                                                           "train_perplexity": 9.0}]}})):
         paths[f"crafted_{name}"] = w / f"crafted-{name}-run"
         shutil.copytree(paths["lm"], paths[f"crafted_{name}"])
         save_checkpoint(paths[f"crafted_{name}"] / "model.safetensors", tensors,

@@ -57,11 +57,13 @@ def test_no_warning_where_the_precision_is_fast(native_bf16, recwarn, precision,
     assert not [w for w in recwarn if issubclass(w.category, LstmkitWarning)]
 
 
-@pytest.mark.parametrize(("saved", "reused"), [("bf16", "auto"), ("fp32", "fp32"),
-                                               ("auto", "auto"), ("fp16", "fp16")])
-def test_a_checkpoint_trained_in_bf16_is_evaluated_in_bf16_only_where_it_is_native(saved,
-                                                                                    reused):
-    assert dev.saved_precision(saved) == reused
+@pytest.mark.parametrize(("saved", "device", "reused"), [
+    ("bf16", CPU, "auto"), ("fp32", CPU, "fp32"), ("auto", CPU, "auto"), ("fp16", CUDA, "fp16"),
+    ("fp16", CPU, "auto"), ("bf16", CUDA, "auto")])
+def test_a_checkpoint_is_reused_in_its_precision_only_where_that_is_fast_and_runs(saved, device,
+                                                                                  reused):
+    """bf16 only where native ('auto' decides); fp16 (trained on a GPU) only on CUDA."""
+    assert dev.saved_precision(saved, device) == reused
 
 
 def test_our_warnings_print_as_one_line_and_others_as_usual(capsys):

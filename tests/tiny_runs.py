@@ -18,12 +18,14 @@ CHARS = ("\n", " ", "e", "t", "a", "o", "h", "s", "R", "M", "O", "E", ":", ",", 
 
 
 def save_tiny_run(directory: Path, level: str = "word", cell: str = "lstm", hidden: int = 12,
-                  layers: int = 2, seed: int = 0, eos_bias: float = 0.0) -> Path:
+                  layers: int = 2, seed: int = 0, eos_bias: float = 0.0,
+                  lstm_impl: str = "auto") -> Path:
     """A randomly initialised model (init scale 0.6: peaked, varied predictions) as a run;
     `eos_bias` raises the logit of the first token (<eos>, or the line break) so sentences end."""
     torch.manual_seed(seed)
     vocab = Vocab(WORDS, UNK) if level == "word" else Vocab(CHARS)
-    config = LMConfig(hidden_size=hidden, num_layers=layers, init_scale=0.6, cell=cell)
+    config = LMConfig(hidden_size=hidden, num_layers=layers, init_scale=0.6, cell=cell,
+                      lstm_impl=lstm_impl)
     model = build_language_model(config, len(vocab)).eval()
     with torch.no_grad():
         model.decoder.bias[0] += eos_bias

@@ -45,9 +45,9 @@ MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit
 MAX_META_DEPTH = 32  # the deepest real document (optimizer param groups) nests 4
 _TMP_SUFFIX = ".tmp"
 
-# Test hook (tests/test_crash_resume.py): with LSTMKIT_TEST_KILL_IN_SAVE=N, the Nth atomic write
-# of this process SIGKILLs it once the temporary file is complete and synced but not yet renamed:
-# the worst moment for a crash, hit on purpose rather than by luck.
+# Test hook (tests/test_crash_resume.py): with LSTMKIT_TEST_KILL_IN_SAVE=N, the Nth checkpoint
+# write of this process SIGKILLs it once the temporary file is complete and synced but not yet
+# renamed: the worst moment for a crash, hit on purpose rather than by luck.
 KILL_IN_SAVE_ENV = "LSTMKIT_TEST_KILL_IN_SAVE"
 _writes_so_far = itertools.count(1)
 
@@ -63,7 +63,7 @@ def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: di
     header_meta[_HASH_KEY] = hashlib.sha256(payload).hexdigest()
     header_meta[_FILE_HASH_KEY] = _FILE_HASH_PLACEHOLDER
     data = save_tensors_to_bytes(tensors, metadata=header_meta)
-    write_atomic(Path(path), _with_file_hash(data))
+    write_atomic(Path(path), _with_file_hash(data), kill_point=True)
 
 
 def _with_file_hash(data: bytes) -> bytes:
@@ -212,20 +212,22 @@ def load_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path:
         raise UserError(f"{path}: weights do not fit the model they describe ({first})") from None
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, fsync, then rename over it."""
+def write_atomic(path: Path, data: bytes, kill_point: bool = False) -> None:
+    """Write to a temporary file beside `path`, fsync, then rename over it. `kill_point`: a
+    checkpoint's write, which the test hook above counts."""
     path = Path(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
     except OSError as err:
         raise UserError(f"{path.parent}: cannot write here ({err.strerror})") from None
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), 0o666 & ~_UMASK)  # mkstemp makes 0600: the usual ones
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        _kill_here_if_testing()
+        if kill_point:
+            _kill_here_if_testing()
         os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
@@ -252,6 +254,11 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# Read once, at import: reading it means setting it, which would race with any other thread
+# creating a file at that moment (a TensorBoard writer's).
+_UMASK = _umask()
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -20,6 +20,7 @@ from lstmkit.distributed import lost_contact, rank_label
 from lstmkit.errors import LstmkitWarning, UserError, one_line
 from lstmkit.lm import api
 from lstmkit.reporting import TENSORBOARD_HELP, discard_output
+from lstmkit.text import without_bom
 
 EXIT_USER_ERROR = 2
 EXIT_LOST_CONTACT = 1
@@ -278,7 +279,7 @@ def _run_score(args: argparse.Namespace) -> int:
     run = api.load(args.model, args.device, args.quantize)
     if args.file == "-":
         try:
-            text = sys.stdin.buffer.read().decode("utf-8")
+            text = without_bom(sys.stdin.buffer.read()).decode("utf-8")
         except UnicodeDecodeError as err:
             raise UserError(f"<stdin>: not valid UTF-8 (offset {err.start})") from None
         score = run.score(text, args.per_line, args.precision, where="<stdin>")
@@ -321,11 +322,14 @@ def _add_export(commands) -> None:
                     "with numpy and onnxruntime alone.")
     _add_model(p)
     p.add_argument("--out", required=True, metavar="DIR", help="directory to write into")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace model.onnx, vocab.json and README.md where --out has them "
+                        "(default: refuse)")
     p.set_defaults(handler=_run_export)
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    exported = api.export(args.model, args.out)
+    exported = api.export(args.model, args.out, args.overwrite)
     print(f"wrote {exported.model}, {exported.vocab.name} and {exported.readme.name} "
           f"(state: {', '.join(exported.state_names)})")
     return 0

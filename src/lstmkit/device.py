@@ -57,11 +57,14 @@ def check_precision(precision: str, device: torch.device) -> None:
                       LstmkitWarning, stacklevel=2)
 
 
-def saved_precision(precision: str) -> str:
+def saved_precision(precision: str, device: torch.device) -> str:
     """The precision to reuse a checkpoint with when the user names none: the one it was
-    trained with, but bf16 only where bf16 is native: it was chosen for speed, which a CPU
-    that emulates bf16 cannot give."""
-    return "auto" if precision == "bf16" else precision
+    trained with, but bf16 only where bf16 is native (it was chosen for speed, which a CPU
+    that emulates bf16 cannot give) and fp16 only on CUDA (elsewhere it cannot run): else
+    'auto'."""
+    if precision == "bf16" or (precision == "fp16" and device.type != "cuda"):
+        return "auto"
+    return precision
 
 
 def autocast(precision: str, device: torch.device) -> AbstractContextManager:

@@ -3,6 +3,7 @@ log and a learning-curve plot."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -216,12 +217,11 @@ def plot_epoch_curves(history: Iterable[dict[str, Any]], path: Path, title: str,
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
+    from lstmkit.checkpoint import write_atomic  # torch: only where a curve is drawn
+
+    image = io.BytesIO()
     try:
-        fig.savefig(tmp)
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"{path}: cannot write ({err.strerror})") from None
+        fig.savefig(image, format="png")
     finally:
         plt.close(fig)
+    write_atomic(path, image.getvalue())  # its temporaries are those a resume cleans up

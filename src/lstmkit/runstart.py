@@ -99,9 +99,14 @@ class RunDir:
     replacing: bool = False  # the old run is set aside until `accept`
     _accepted: bool = field(default=False, repr=False)
 
+    @property
+    def pending_replacement(self) -> bool:
+        """Whether an old run is set aside and would come back if this run failed now."""
+        return self.writer and self.replacing and not self._accepted
+
     def accept(self) -> None:
         """The new run has its first checkpoint: the old run (if replaced) goes for good."""
-        if self.writer and self.replacing and not self._accepted:
+        if self.pending_replacement:
             discard_replaced(self.path)
         self._accepted = True
 
@@ -132,7 +137,7 @@ def open_run(save_path: str | Path | None, *, overwrite: bool, resume: bool,
         yield run
         run.accept()
     except BaseException:
-        if run.replacing and not run._accepted:
+        if run.pending_replacement:
             restore_replaced(run_dir)
         raise
     finally:

@@ -3,6 +3,7 @@ anything that is not a regular file, and for a file over MAX_TEXT_BYTES (2 GiB).
 
 from __future__ import annotations
 
+import codecs
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,16 +11,25 @@ from lstmkit.errors import UserError
 from lstmkit.files import MAX_TEXT_BYTES, read_regular_file
 
 
+def without_bom(raw: bytes) -> bytes:
+    """`raw` less a leading UTF-8 byte-order mark (Windows editors and Excel's "CSV UTF-8"
+    write one): kept, it would glue itself to the first word, or to a CSV header's first
+    column name."""
+    return raw.removeprefix(codecs.BOM_UTF8)
+
+
 def read_text(path: str | Path) -> str:
     """The whole file as text; missing, unreadable, empty or non-UTF-8 files raise UserError."""
     path = Path(path)
-    raw = _read_bytes(path)
+    whole = _read_bytes(path)
+    raw = without_bom(whole)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
+        offset = err.start + len(whole) - len(raw)
         raise UserError(
-            f"{path}:{line}: not valid UTF-8 (byte 0x{raw[err.start]:02x} at offset {err.start})"
+            f"{path}:{line}: not valid UTF-8 (byte 0x{raw[err.start]:02x} at offset {offset})"
         ) from None
     if not text.strip():
         raise UserError(f"{path}: file is empty")
@@ -57,7 +67,7 @@ def read_text_or_latin1(path: str | Path) -> DecodedText:
     Movie Review release among them) are in Latin-1 or Windows-1252. The caller reports it.
     """
     path = Path(path)
-    raw = _read_bytes(path)
+    raw = without_bom(_read_bytes(path))
     try:
         decoded = DecodedText(raw.decode("utf-8"), "utf-8")
     except UnicodeDecodeError as err:

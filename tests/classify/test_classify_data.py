@@ -49,6 +49,14 @@ def test_csv_quoted_text_with_commas_and_columns_chosen_by_name(tmp_path):
     assert data.labels == (1, 0)
 
 
+def test_a_csv_saved_with_a_byte_order_mark_finds_its_first_column(tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_text("text,label\ngood fun,1\ndull,0\n", encoding="utf-8-sig")
+    assert path.read_bytes().startswith(b"\xef\xbb\xbf")
+    data = read_labelled(path)
+    assert data.texts == ("good fun", "dull") and data.labels == (1, 0) and data.notes == ()
+
+
 def test_aligned_labels_accept_one_and_zero(tmp_path):
     (tmp_path / "reviews.txt").write_text("fine\nbad\n", encoding="utf-8")
     (tmp_path / "labels.txt").write_text("1\r\n0\r\n", encoding="utf-8")
@@ -141,7 +149,8 @@ def test_pad_batch_fills_the_end_with_pad_and_reports_lengths():
 def test_glove_and_word2vec_text_files_fill_vocabulary_rows(tmp_path):
     vocab = build_vocab([["good", "bad", "film"]])
     glove = tmp_path / "glove.txt"
-    glove.write_text("good 1 2 3\nunrelated 9 9 9\nBad 4 5 6\nbad 7 8 9\n", encoding="utf-8")
+    glove.write_text("good 1 2 3\nunrelated 9 9 9\nBad 4 5 6\n. . . 1 1 1\nbad 7 8 9\n",
+                     encoding="utf-8")  # ". . .": a word with spaces, as GloVe 840B has
     word2vec = tmp_path / "w2v.txt"
     word2vec.write_text("2 3\nGood 1 2 3\nbad 7 8 9\n", encoding="utf-8")
     for path in (glove, word2vec):
@@ -154,6 +163,9 @@ def test_glove_and_word2vec_text_files_fill_vocabulary_rows(tmp_path):
     bad = tmp_path / "bad.txt"
     bad.write_text("good 1 2 3\nbad 4 5\n", encoding="utf-8")
     with pytest.raises(UserError, match=r"bad\.txt:2: 2 numbers after the word, expected 3$"):
+        load_word_vectors(bad, vocab)
+    bad.write_text("good 1 2 3\nbad 4 5 6 7\n", encoding="utf-8")  # a number too many
+    with pytest.raises(UserError, match=r"bad\.txt:2: 4 numbers after the word, expected 3$"):
         load_word_vectors(bad, vocab)
     bad.write_text("good 1 2 3\nbad 4 nan 6\nfilm inf 0 0\n", encoding="utf-8")
     with pytest.raises(UserError, match=r"bad\.txt:2: the vector of 'bad' holds nan or inf$"):

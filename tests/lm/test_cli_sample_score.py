@@ -109,6 +109,24 @@ def test_char_score_equals_evaluate_on_ptb_files(tmp_path, capsys):
     assert score.perplexity == pytest.approx(evaluated["perplexity"], rel=1e-6)
 
 
+def test_a_model_trained_in_fp16_scores_and_evaluates_on_the_cpu(runs, tmp_path, capsys):
+    """fp16 runs only on CUDA: on the CPU the saved precision gives way to auto."""
+    import dataclasses
+
+    from lstmkit.lm.runs import load_lm, save_lm_checkpoint
+
+    loaded = load_lm(runs["word"])
+    fp16 = tmp_path / "fp16.safetensors"
+    save_lm_checkpoint(fp16, loaded.model, dataclasses.replace(loaded.config, precision="fp16"),
+                       loaded.vocab, loaded.level)
+    test_file = runs["ptb"] / "ptb.test.txt"
+    assert lstmkit.load(fp16).score_file(test_file).perplexity == pytest.approx(
+        lstmkit.load(runs["word"]).score_file(test_file, precision="auto").perplexity)
+    code, out, err = run_cli(capsys, "evaluate", "--model", fp16, "--data-dir", runs["ptb"],
+                             "--stream")
+    assert code == 0 and "perplexity" in out, err
+
+
 def test_per_line_scores_cover_every_line_and_add_up(runs, capsys):
     lines = ["ROMEO:", "the moon doth love,", "", "sweet night,"]
     path = runs["root"] / "few.txt"

@@ -1,6 +1,8 @@
 """End to end through the `lstmkit` command, on a small generated PTB-layout corpus."""
 
+import dataclasses
 import json
+import math
 import os
 import re
 import subprocess
@@ -11,6 +13,7 @@ import torch
 
 from conftest import progress_lines, resumed_at, tree_files
 from lstmkit.cli import main
+from lstmkit.device import cpu_has_native_bf16
 from lstmkit.lm.runs import load_lm
 from lstmkit.reporting import Console
 
@@ -119,6 +122,28 @@ def test_mid_epoch_checkpoint_resumes_exactly(ptb_dir, tmp_path, training_steps)
               if '"event": "setup"' in line]
     assert [(s["resumed"], s["epoch"], s["step"]) for s in starts] == [(False, 1, 0),
                                                                        (True, 1, 49)]
+
+
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="bf16 runs its LSTM in fp32 on this CPU "
+                    "(no native bf16): there is no bf16 state to carry")
+def test_a_mid_epoch_checkpoint_of_a_bf16_run_resumes_in_fp32(ptb_dir, tmp_path):
+    """oneDNN's LSTM under bf16 autocast carries its state in bf16; an fp32 layer takes it
+    (cast) when the run goes on in fp32, from where it stopped."""
+    from lstmkit.fields import apply_overrides
+    from lstmkit.lm import api
+    from lstmkit.lm.config import preset
+
+    config = apply_overrides(preset("test"), {"hidden_size": 16, "batch_size": 4, "num_steps": 5,
+                                              "max_max_epoch": 1, "checkpoint_every": 7,
+                                              "precision": "bf16", "lstm_impl": "onednn"}, "test")
+    with pytest.raises(_Stop):  # after the step-49 checkpoint, as above
+        api.train_ptb(config, ptb_dir, tmp_path / "run", console=_Recorder(stop_at=10))
+    assert load_lm(tmp_path / "run").tensors["carried.0"].dtype == torch.bfloat16
+    resumed = _Recorder()
+    fp32 = dataclasses.replace(config, precision="fp32")
+    result = api.train_ptb(fp32, ptb_dir, tmp_path / "run", resume=True, console=resumed)
+    assert resumed_at("\n".join(resumed.lines)) == (1, 49)
+    assert math.isfinite(result.test_perplexity)
 
 
 def _bad(tmp_path, ptb_dir):

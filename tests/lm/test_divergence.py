@@ -170,6 +170,24 @@ def test_rollback_of_a_real_divergence_gives_up_with_one_line(ptb_dir, tmp_path,
     assert load_lm(run).progress.step == 0 and finite(run)
 
 
+def test_a_rollback_run_that_gives_up_brings_back_the_run_it_was_to_replace(ptb_dir, tmp_path,
+                                                                            capsys):
+    """The untrained checkpoint a rollback run starts from is no reason to let the old run go."""
+    run = tmp_path / "run"
+    assert main(["train", *FAST, "--max-max-epoch", "1", "--data-dir", str(ptb_dir),
+                 "--save-path", str(run)]) == 0
+    files = lambda: {str(p.relative_to(run)): p.read_bytes()  # noqa: E731
+                     for p in run.rglob("*") if p.is_file()}
+    old = files()
+    capsys.readouterr()
+    assert main(["train", *FAST, "--on-nan", "rollback", "--learning-rate", "3e38", "--overwrite",
+                 "--data-dir", str(ptb_dir), "--save-path", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "again after 3 rollbacks to epoch 1, step 0 " in err
+    assert f"the run it was to replace is back in {run} " in err and err.count("\n") == 1
+    assert files() == old
+
+
 def test_rollback_needs_a_run_directory(ptb_dir):
     with pytest.raises(UserError, match=r"on_nan rollback needs a save path \(--save-path\)"):
         api.train_ptb(config(on_nan="rollback"), ptb_dir, None, console=QUIET)

@@ -23,11 +23,13 @@ def run_window(session, ids: np.ndarray, state: dict) -> tuple[np.ndarray, dict]
     return logits, dict(zip(state, next_state, strict=True))
 
 
-@pytest.mark.parametrize("level, cell", [("word", "lstm"), ("word", "gru"), ("word", "rnn"),
-                                         ("char", "lstm"), ("char", "gru"), ("char", "rnn")])
-def test_onnxruntime_logits_and_state_equal_pytorchs(tmp_path, level, cell):
+@pytest.mark.parametrize("level, cell, lstm_impl", [
+    ("word", "lstm", "auto"), ("word", "gru", "auto"), ("word", "rnn", "auto"),
+    ("char", "lstm", "auto"), ("char", "gru", "auto"), ("char", "rnn", "auto"),
+    ("word", "lstm", "native")])  # a run trained with lstmkit's own layer exports nn.LSTM's
+def test_onnxruntime_logits_and_state_equal_pytorchs(tmp_path, level, cell, lstm_impl):
     # A run that is only a checkpoint: exporting reads no training data.
-    run = save_tiny_run(tmp_path / "run", level, cell, hidden=16, layers=2)
+    run = save_tiny_run(tmp_path / "run", level, cell, hidden=16, layers=2, lstm_impl=lstm_impl)
     exported = export_onnx(run, tmp_path / "onnx")
     model = lstmkit.load(run).model
     session = ort.InferenceSession(str(exported.model), providers=["CPUExecutionProvider"])
@@ -73,3 +75,18 @@ def test_export_to_a_file_path_is_a_user_error(tmp_path, capsys):
     (tmp_path / "taken").write_text("x")
     assert main(["export", "--model", str(run), "--out", str(tmp_path / "taken")]) == 2
     assert "is a file" in capsys.readouterr().err
+
+
+def test_export_replaces_earlier_files_only_with_overwrite(tmp_path, capsys):
+    run = save_tiny_run(tmp_path / "run", "word", "lstm")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "README.md").write_text("a project's own readme")
+    assert main(["export", "--model", str(run), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out}: already holds README.md; --overwrite replaces them" in err
+    assert sorted(p.name for p in out.iterdir()) == ["README.md"], "nothing written"
+    assert (out / "README.md").read_text() == "a project's own readme"
+    assert main(["export", "--model", str(run), "--out", str(out), "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "model.onnx", "vocab.json"]
+    assert "onnxruntime" in (out / "README.md").read_text()

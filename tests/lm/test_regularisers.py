@@ -10,6 +10,7 @@ import re
 import pytest
 import torch
 
+import lstmkit.lm.train
 from conftest import resumed_at
 from lstmkit.checkpoint import check_weights_fit
 from lstmkit.errors import UserError
@@ -25,7 +26,7 @@ from lstmkit.lm.model import (
     parameter_count,
 )
 from lstmkit.lm.runs import load_lm
-from lstmkit.lm.schedule import TimeBudget, decay_factor, learning_rate
+from lstmkit.lm.schedule import TimeBudget, decay_factor, learning_rate, rescaled_plan
 from lstmkit.nn import recurrent
 from lstmkit.nn.dropout import embedding_dropout, locked_dropout
 from lstmkit.nn.recurrent import LayerHooks, run_recurrent
@@ -247,6 +248,14 @@ def test_a_budget_plans_the_windows_that_fit_before_its_reserve(monkeypatch):
     assert budget.out_of_time()
 
 
+def test_a_changed_budget_rescales_the_old_plan_until_the_segment_plans_again():
+    assert rescaled_plan(1000, 1000, 3600.0, 5400.0) == 1500, "60m -> 90m: the rate goes on"
+    assert rescaled_plan(1000, 400, 3600.0, 1800.0) == 500
+    assert rescaled_plan(1000, 900, 3600.0, 1800.0) == 925, "never ends before the re-plan"
+    assert rescaled_plan(0, 0, 3600.0, 5400.0) == 0, "nothing planned yet: nothing to scale"
+    assert rescaled_plan(1000, 400, None, 5400.0) == 0 and rescaled_plan(1000, 400, 60.0, None) == 0
+
+
 def test_a_budget_does_not_time_a_segments_first_windows():
     """They build kernels and fill caches: timed, they would plan far too few windows."""
     budget = TimeBudget(600.0)
@@ -440,7 +449,8 @@ def test_everything_on_trains_averages_and_resumes_bit_for_bit(ptb_dir, tmp_path
                       tmp_path / "resumed", resume=True, console=Console(enabled=False))
 
 
-def test_a_time_budget_ends_training_evaluates_and_tests_within_it(ptb_dir, tmp_path):
+def test_a_time_budget_ends_training_evaluates_and_tests_within_it(ptb_dir, tmp_path,
+                                                                   monkeypatch):
     cfg = config(hidden_size=16, batch_size=4, num_steps=5, max_max_epoch=1000,
                  lr_schedule="cosine", time_budget="6s")
     console = _StopAt()
@@ -452,12 +462,20 @@ def test_a_time_budget_ends_training_evaluates_and_tests_within_it(ptb_dir, tmp_
     epochs = [r for r in result.history if r["event"] == "epoch"]
     assert 1 < len(epochs) < 1000 and "fraction" in epochs[-1], "stopped inside an epoch"
     again = _StopAt()  # the budget ended training: a resume only tests again
-    api.train_ptb(cfg, ptb_dir, tmp_path / "run", resume=True, console=again)
+    api.train_ptb(dataclasses.replace(cfg, time_budget="6.0s"), ptb_dir, tmp_path / "run",
+                  resume=True, console=again)  # the same budget, written another way
     assert not any(line.startswith("Epoch:") for line in again.lines)
+    rates = []
+    set_rate = lstmkit.lm.train.set_learning_rate
+    monkeypatch.setattr(lstmkit.lm.train, "set_learning_rate",
+                        lambda optimizer, lr: rates.append(lr) or set_rate(optimizer, lr))
     longer = _StopAt()  # a longer budget on resume trains on
     api.train_ptb(dataclasses.replace(cfg, time_budget="9s"), ptb_dir, tmp_path / "run",
                   resume=True, console=longer)
     assert any(line.startswith("Epoch:") for line in longer.lines)
+    # The old plan x 1.5 until this segment plans: the cosine goes on from about 2/3 of the
+    # way (x 0.25), never back to the full rate.
+    assert rates[0] < 0.5 * cfg.learning_rate, rates[:3]
 
 
 def _corpus(tmp_path):

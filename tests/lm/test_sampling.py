@@ -47,6 +47,28 @@ def test_top_p_sampling_never_draws_outside_the_nucleus():
     assert set(choose_next_batch(logits, 1.0, None, make_generator(0)).tolist()) == set(range(5))
 
 
+@pytest.mark.parametrize("temperature", [1e-310, 5e-324, 1e-30])
+def test_a_vanishing_temperature_draws_the_most_likely_token(temperature):
+    """Divided unshifted, logits / 1e-310 overflow to inf and softmax gives NaN."""
+    logits = torch.tensor([[2.0, 7.5, -3.0, 7.0], [-1.0, -9.0, -0.5, -4.0]])
+    drawn = choose_next_batch(logits, temperature, None, make_generator(0))
+    assert drawn.tolist() == [1, 2]
+
+
+def test_the_prime_is_read_into_the_same_first_logits_as_a_whole_window(runs):
+    """Only its last step goes through the output layer: the same numbers as the window's."""
+    from lstmkit.lm.generate import _read_context
+
+    model = runs["word"].model.eval()
+    context = [0, 3, 5, 1, 2, 6, 4]
+    with torch.no_grad():
+        logits, state = _read_context(model, context, torch.device("cpu"))
+        window, whole = model(torch.tensor([context]), model.zero_state(1))
+    torch.testing.assert_close(logits, window[:, -1], rtol=1e-6, atol=1e-6)
+    for ours, theirs in zip(state, whole, strict=True):
+        assert torch.equal(ours, theirs)
+
+
 def test_beam_one_is_greedy(runs):
     model = runs["word"].model
     greedy = list(sample_ids(model, [0, 1], 25, temperature=0))

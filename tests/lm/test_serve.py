@@ -137,6 +137,22 @@ def test_bad_requests_get_a_4xx_with_a_one_line_reason(server, path, body, statu
     assert reason in error and "\n" not in error
 
 
+def test_a_chunked_body_over_the_limit_gets_413_and_unknown_paths_one_line(server):
+    chunks = (b"y" * 100_000 for _ in range(20))  # 2 MB without a Content-Length
+    response = httpx.post(server["url"] + "/score", content=chunks,
+                          headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    assert "request body over" in response.json()["error"]
+    small = (part for part in (b'{"text": "the cat ', b'sees a dog"}'))  # chunked, in limits
+    response = httpx.post(server["url"] + "/score", content=small,
+                          headers={"content-type": "application/json"})
+    assert response.status_code == 200 and response.json()["tokens"] > 0
+    assert httpx.get(server["url"] + "/nowhere").json() == {"error": "Not Found"}
+    wrong_method = httpx.get(server["url"] + "/score")
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+    assert wrong_method.json() == {"error": "Method Not Allowed"}
+
+
 def test_the_page_is_one_self_contained_file(server):
     response = httpx.get(server["url"] + "/")
     assert response.status_code == 200 and response.headers["content-type"].startswith(

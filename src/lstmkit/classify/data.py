@@ -26,7 +26,7 @@ import torch
 
 from lstmkit.errors import UserError
 from lstmkit.files import exists, is_dir
-from lstmkit.text import read_text_or_latin1
+from lstmkit.text import read_text_or_latin1, without_bom
 from lstmkit.vocab import UNK, Vocab
 
 PAD = "<pad>"  # id 0: fills batch rows past a text's end (see model.py)
@@ -183,6 +183,7 @@ def read_lines_to_score(path: str | Path) -> tuple[list[str], str | None]:
 
 def decode_lines_to_score(raw: bytes, name: str) -> tuple[list[str], str | None]:
     """The same for bytes read from a stream such as stdin (which may be empty)."""
+    raw = without_bom(raw)
     try:
         return _score_lines(raw.decode("utf-8"), name), None
     except UnicodeDecodeError as err:

@@ -31,7 +31,8 @@ def batch_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.T
 def logits_of(model, ids: Sequence[torch.Tensor], batch_size: int = EVAL_BATCH_SIZE
               ) -> torch.Tensor:
     """Logits [N] in input order; batches are formed from texts of similar length (speed only:
-    each text's logit does not depend on its batch mates)."""
+    each text's logit does not depend on its batch mates, except in a bidirectional model run
+    without `packed`, whose backward layer reads the padding; see classify/model.py)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

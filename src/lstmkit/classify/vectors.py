@@ -56,6 +56,8 @@ def load_word_vectors(path: str | Path, vocab: Vocab, init: torch.Tensor | None 
                                     f"embedding has {init.shape[1]}")
                 weights = (init.clone() if init is not None
                            else torch.zeros(len(vocab), dimension))
+            if len(parts) - 1 > dimension and not _is_number(parts[-dimension - 1]):
+                continue  # a word with spaces in it (GloVe 840B has some): never one of ours
             if len(parts) - 1 != dimension:
                 raise UserError(f"{path}:{number}: {len(parts) - 1} numbers after the word, "
                                 f"expected {dimension}")
@@ -99,3 +101,11 @@ def vector_dimension(path: str | Path) -> int:
                 raise UserError(f"{path}:{number}: expected a word and its numbers")
             return len(parts) - 1
     raise UserError(f"{path}: file is empty (no word vectors)")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

@@ -180,7 +180,8 @@ def evaluate_ptb(model_path: str | Path, data_dir: str | Path | None, split: str
     loaded = load_lm(model_path, device_used)
     model = quantize_model(loaded.model, quantize)
     ids = encode_file(loaded.vocab, ptb_files(data_dir)[f"{split}_file"], loaded.level)
-    precision = "fp32" if quantize else precision or saved_precision(loaded.config.precision)
+    precision = "fp32" if quantize else precision or saved_precision(loaded.config.precision,
+                                                                     device_used)
     check_precision(precision, device_used)
     if stream:
         return stream_perplexity(model, ids, precision)
@@ -360,9 +361,11 @@ class LanguageModelRun:
         Equals `evaluate --stream` on the same text; with `per_line`, each line's share too.
         """
         ids, line_lengths = encode_text(self.vocab, text, self.level, where)
-        check_quantize(self.quantize, next(self.model.parameters()).device, precision)
-        precision = "fp32" if self.quantize else precision or saved_precision(self.config.precision)
-        check_precision(precision, next(self.model.parameters()).device)
+        device = next(self.model.parameters()).device
+        check_quantize(self.quantize, device, precision)
+        precision = "fp32" if self.quantize else precision or saved_precision(
+            self.config.precision, device)
+        check_precision(precision, device)
         if ids.numel() < 2:
             raise UserError(f"{where}: {ids.numel()} token(s) are too few to score (the first "
                             f"is context only)")
@@ -374,13 +377,14 @@ class LanguageModelRun:
         return self.score(read_text(path), per_line, precision, where=str(path))
 
 
-def export(model_path: str | Path, out_dir: str | Path):
+def export(model_path: str | Path, out_dir: str | Path, overwrite: bool = False):
     """`lstmkit export`: model.onnx, vocab.json and a README.md (how to run it with numpy and
-    onnxruntime alone) in `out_dir`, from the checkpoint only."""
+    onnxruntime alone) in `out_dir`, from the checkpoint only; files of those names there are
+    replaced only with `overwrite`."""
     from lstmkit.lm.export import export_onnx  # torch.onnx loads slowly: only when exporting
 
     try:
-        return export_onnx(model_path, out_dir)
+        return export_onnx(model_path, out_dir, overwrite)
     except ImportError as err:
         raise UserError(f"exporting needs the {err.name or 'onnx'} package: pip install "
                         f"'lstmkit[export]'") from None

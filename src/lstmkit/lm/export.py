@@ -12,6 +12,7 @@ turns nn.LSTM/GRU/RNN into ONNX's own LSTM/GRU/RNN operators.
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lstmkit.checkpoint import write_atomic
 from lstmkit.errors import UserError
 from lstmkit.lm.model import LanguageModel
 from lstmkit.lm.runs import LoadedLM, load_lm
@@ -60,34 +62,42 @@ def state_names(model: LanguageModel) -> tuple[str, ...]:
     return ("h", "c") if is_lstm(model.rnn) else ("h",)
 
 
-def export_onnx(model_path: str | Path, out_dir: str | Path) -> Exported:
-    """Write model.onnx, vocab.json and README.md for the run (or checkpoint) `model_path`.
+def export_onnx(model_path: str | Path, out_dir: str | Path, overwrite: bool = False
+                ) -> Exported:
+    """Write model.onnx, vocab.json and README.md for the run (or checkpoint) `model_path`;
+    files of those names already in `out_dir` are replaced only with `overwrite`.
 
-    Only the checkpoint is read: its config and vocabulary are inside, no data is needed.
+    Only the checkpoint is read: its config and vocabulary are inside, no data is needed. All
+    three are made in memory before any is written, each written atomically.
     """
-    out = _output_directory(out_dir)
+    out = _check_output_directory(Path(out_dir), overwrite)
     loaded = load_lm(model_path, "cpu")
     model = loaded.model.eval()
+    model.lstm_impl = "onednn"  # nn.LSTM, which the exporter turns into ONNX's LSTM operator
     names = state_names(model)
-    _write_onnx(model, names, out / MODEL_ONNX)
-    (out / VOCAB_JSON).write_text(json.dumps(_vocab_document(loaded, names), indent=1) + "\n",
-                                  encoding="utf-8")
-    (out / README).write_text(_readme(loaded, names), encoding="utf-8")
-    return Exported(out, out / MODEL_ONNX, out / VOCAB_JSON, out / README, names)
-
-
-def _output_directory(out_dir: str | Path) -> Path:
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: is a file, not a directory")
+    files = {MODEL_ONNX: _onnx_bytes(model, names),
+             VOCAB_JSON: (json.dumps(_vocab_document(loaded, names), indent=1) + "\n").encode(),
+             README: _readme(loaded, names).encode()}
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"--out {out}: cannot create the directory ({err.strerror})") from None
+    for name, data in files.items():
+        write_atomic(out / name, data)
+    return Exported(out, out / MODEL_ONNX, out / VOCAB_JSON, out / README, names)
+
+
+def _check_output_directory(out: Path, overwrite: bool) -> Path:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file, not a directory")
+    held = [name for name in (MODEL_ONNX, VOCAB_JSON, README) if (out / name).exists()]
+    if held and not overwrite:
+        raise UserError(f"--out {out}: already holds {', '.join(held)}; --overwrite replaces "
+                        f"them (or choose another directory)")
     return out
 
 
-def _write_onnx(model: LanguageModel, names: tuple[str, ...], path: Path) -> None:
+def _onnx_bytes(model: LanguageModel, names: tuple[str, ...]) -> bytes:
     ids = torch.zeros(2, 3, dtype=torch.long)
     state = model.zero_state(2)
     outputs = ("logits", *(f"{name}_out" for name in names))
@@ -97,9 +107,11 @@ def _write_onnx(model: LanguageModel, names: tuple[str, ...], path: Path) -> Non
         # The exporter warns that an RNN with batch_first and a dynamic batch is traced with
         # the example's batch in some shapes; the dynamic axes above make every shape free.
         warnings.simplefilter("ignore")
-        torch.onnx.export(_Window(model), (ids, *state), str(path), input_names=["ids", *names],
+        onnx = io.BytesIO()
+        torch.onnx.export(_Window(model), (ids, *state), onnx, input_names=["ids", *names],
                           output_names=list(outputs), dynamic_axes=dynamic, opset_version=OPSET,
                           dynamo=False)
+    return onnx.getvalue()
 
 
 def _vocab_document(loaded: LoadedLM, names: tuple[str, ...]) -> dict:

@@ -79,7 +79,10 @@ def choose_next_batch(logits: torch.Tensor, temperature: float, top_k: int | Non
     """Pick one id per row of `logits` [K, V] (on the CPU, float): [K] ids."""
     if temperature == 0:
         return torch.argmax(logits, dim=1)
-    scaled = logits.double() / temperature  # double: logits / 1e-30 is still finite
+    # Shifted so the largest is 0 (softmax is unchanged): however small the temperature, the
+    # division then gives 0 or -inf, never inf - inf (NaN); double: / 1e-30 stays finite.
+    logits = logits.double()
+    scaled = (logits - logits.max(dim=1, keepdim=True).values) / temperature
     if top_k is not None and top_k < scaled.size(1):
         # Exactly k survive, even when logits tie at the k-th value.
         kept = torch.topk(scaled, top_k, dim=1).indices
@@ -196,10 +199,11 @@ def sample_batch_ids(model, context: Sequence[int], length: int, num_samples: in
 
 def _read_context(model, context: Sequence[int], device: torch.device
                   ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-    """Logits of the token after `context` [1, V] and the state after it."""
+    """Logits of the token after `context` [1, V] and the state after it (only the last
+    step goes through the output layer: a long prime's other logits would cost T x V)."""
     ids = torch.as_tensor(list(context), dtype=torch.long, device=device).view(1, -1)
-    logits, state = model(ids, model.zero_state(1))
-    return logits[:, -1], state
+    outputs, state = model.hidden(ids, model.zero_state(1))
+    return model.decoder(outputs[:, -1]), state
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,10 @@ def checked_progress(saved: Any) -> Progress:
     if not (isinstance(progress.history, list)
             and all(isinstance(record, dict) for record in progress.history)):
         raise UserError("history is not a list of records")
+    for record in progress.history:  # the learning curve and NT-ASGD's trigger read these
+        check_type("history epoch", record.get("epoch"), "int")
+        for name in ("train_perplexity", "valid_perplexity"):
+            check_type(f"history {name}", record.get(name), "float")
     if progress.epoch < 1 or min(progress.step, progress.iters, progress.metrics_bytes,
                                  progress.windows_done, progress.planned_windows,
                                  progress.budget_used, progress.asgd_count,
@@ -255,7 +259,11 @@ def carried_state(loaded: LoadedLM, device: torch.device) -> tuple[torch.Tensor,
                                      for k in names):
         raise UserError(f"{loaded.path}: unusable carried state, cannot resume from it "
                         f"(expected {count} float tensor(s) shaped {list(wanted)})")
-    return tuple(loaded.tensors[k].to(device) for k in names)
+    # In the weights' dtype, as a fresh state is: oneDNN's LSTM under bf16 autocast carries
+    # bf16 state, which an fp32 layer refuses (a resume may change the precision); the cast
+    # is exact, and autocast casts it back to bf16 where bf16 goes on.
+    dtype = loaded.model.embedding.weight.dtype
+    return tuple(loaded.tensors[k].to(device=device, dtype=dtype) for k in names)
 
 
 def _unwrap(model: torch.nn.Module) -> LanguageModel:

@@ -52,6 +52,19 @@ def learning_rate(config: LMConfig, epoch: int, windows_done: int, total_windows
     return config.learning_rate * decay_factor(config.lr_schedule, windows_done / total_windows)
 
 
+def rescaled_plan(planned_windows: int, windows_done: int, old_seconds: float | None,
+                  new_seconds: float | None) -> int:
+    """A resumed run's plan when its time budget changed, until the segment's own timing plans
+    again: the old plan scaled by the budgets' ratio, so that the rate goes on near where it
+    was rather than jumping back to the start's; never so short that training ends before that
+    re-plan (the clock still ends it). 0 (no plan: the undecayed rate) where either run has no
+    budget or the old one had not planned yet."""
+    if not (old_seconds and new_seconds and planned_windows):
+        return 0
+    return max(round(planned_windows * new_seconds / old_seconds),
+               windows_done + WARMUP_WINDOWS + PLAN_AFTER_WINDOWS)
+
+
 @dataclass
 class TimeBudget:
     """A run's wall-time budget; `used_before`: seconds spent in earlier segments."""

@@ -26,6 +26,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lstmkit.errors import UserError
 from lstmkit.fields import SEED_LIMIT
@@ -105,6 +106,10 @@ def create_app(run: LanguageModelRun, limits: Limits = Limits()) -> FastAPI:
     async def invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:
         return error_response(422, validation_message(err))
 
+    @app.exception_handler(StarletteHTTPException)  # 404, 405, ...: the same {"error": line}
+    async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        return error_response(err.status_code, str(err.detail), err.headers)  # 405: Allow
+
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
         return PAGE
@@ -170,9 +175,10 @@ def first_drawn(events: Iterator[tuple[int, str]]) -> Iterator[tuple[int, str]]:
     return chained()
 
 
-def error_response(status: int, reason: str) -> JSONResponse:
+def error_response(status: int, reason: str, headers: dict[str, str] | None = None
+                   ) -> JSONResponse:
     return JSONResponse({"error": reason.splitlines()[0] if reason else "bad request"},
-                        status_code=status)
+                        status_code=status, headers=headers)
 
 
 def validation_message(err: RequestValidationError) -> str:
@@ -185,12 +191,12 @@ def validation_message(err: RequestValidationError) -> str:
     return f"{where or 'body'}: {first.get('msg', 'invalid')}"
 
 
-class _TooLarge(Exception):
-    pass
-
-
 class BodyLimit:
-    """ASGI middleware: a body over `max_bytes` is refused (413) before it is all read."""
+    """ASGI middleware: a body over `max_bytes` is refused (413) before it is all read.
+
+    A declared Content-Length decides at once. A body without one (chunked) is read here, up
+    to the limit, and handed on whole: refused from inside the app's own reading, it would
+    become the framework's 400 "error parsing the body"."""
 
     def __init__(self, app, max_bytes: int) -> None:
         self.app = app
@@ -201,23 +207,33 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         declared = dict(scope.get("headers", ())).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await self._refuse(scope, receive, send)
+        if declared is not None:
+            if not declared.isdigit() or int(declared) > self.max_bytes:
+                await self._refuse(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
             return
-        received = 0
-
-        async def counted_receive():
-            nonlocal received
+        body = bytearray()
+        while True:
             message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_bytes:
-                raise _TooLarge
-            return message
+            if message["type"] != "http.request":
+                return  # the client went away
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes:
+                await self._refuse(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        handed = False
 
-        try:
-            await self.app(scope, counted_receive, send)
-        except _TooLarge:
-            await self._refuse(scope, receive, send)
+        async def replay():
+            nonlocal handed
+            if handed:
+                return await receive()  # later messages: a disconnect
+            handed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        await self.app(scope, replay, send)
 
     async def _refuse(self, scope, receive, send) -> None:
         response = error_response(413, f"request body over {self.max_bytes:,} bytes")

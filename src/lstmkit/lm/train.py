@@ -56,7 +56,7 @@ from lstmkit.lm.runs import (
     save_lm_checkpoint,
     saved_averages,
 )
-from lstmkit.lm.schedule import TimeBudget, learning_rate
+from lstmkit.lm.schedule import TimeBudget, learning_rate, rescaled_plan
 from lstmkit.nn import kernels
 from lstmkit.nn.recurrent import detach_state
 from lstmkit.reporting import (
@@ -214,14 +214,16 @@ def _train_in_run(config: LMConfig, data: TokenSplits, run: RunDir,
     if config.variable_bptt:  # random lengths average a little under num_steps: count them
         windows = len(random_window_lengths(config.num_steps, rows.size(1), config.seed, 1))
     budget = _start_budget(config, model, data, progress, console)
+    plan = _Plan(config, budget, world, console, windows)
+    if not resume and plan.finished(progress):
+        raise _budget_too_small(budget)
     save = _Saver(run, model, optimizer, config, data, metrics, world, average, budget)
     window_loss = world.wrap(_WindowLoss(model))  # DDP (if W > 1) broadcasts rank 0's weights
     rollback = None
     if config.on_nan == "rollback":
-        rollback = _Rollback(run_dir, model, optimizer, config, world, metrics, console, average)
-        if not resume:
-            save.checkpoint(progress, carried=None, best=False)  # something to roll back to
-    plan = _Plan(config, budget, world, console, windows)
+        rollback = _Rollback(run, model, optimizer, config, world, metrics, console, average)
+        if not resume:  # something to roll back to; a run it replaces stays until a real one
+            save.checkpoint(progress, carried=None, best=False, accept=False)
 
     while progress.epoch <= config.max_max_epoch and not plan.finished(progress):
         epoch = progress.epoch
@@ -324,6 +326,15 @@ def _start_budget(config: LMConfig, model: LanguageModel, data: TokenSplits,
     return budget
 
 
+def _budget_too_small(budget: TimeBudget | None) -> UserError:
+    """A new run whose budget is spent before its first window: it would train nothing."""
+    assert budget is not None
+    return UserError(f"time budget {budget.seconds:g} s leaves no time to train: the final "
+                     f"validation, test and saving are kept {budget.reserve():.3g} s (measured "
+                     f"on this machine) and {budget.used():.3g} s are gone; give a larger "
+                     f"--time-budget")
+
+
 def _final_evaluation_seconds(model: LanguageModel, data: TokenSplits, config: LMConfig
                               ) -> tuple[float, float]:
     """Estimates, from timed samples, of the final evaluations (valid, test on one stream and
@@ -348,9 +359,10 @@ class _Plan:
     def __init__(self, config: LMConfig, budget: TimeBudget | None, world: World,
                  console: Console, windows: int) -> None:
         self.config, self.budget, self.world, self.console = config, budget, world, console
-        self.windows = windows  # per epoch, nominal (variable_bptt: the fixed-length count)
+        self.windows = windows  # per epoch, nominal (variable_bptt: epoch 1's count)
         self.windows_in_epoch = windows  # of the epoch in progress
         self.planned_here = False
+        self.announced = False
 
     def total_windows(self, progress: Progress) -> int:
         if self.budget is not None:
@@ -383,13 +395,13 @@ class _Plan:
         if self.budget is None or not self.budget.can_plan():
             return
         planned = self.budget.plan(progress.windows_done, self.windows)
-        first = progress.planned_windows == 0
         progress.planned_windows = int(self.world.agree([float(planned)])[0])
-        if first:
+        if not self.announced:  # the segment's first plan
             self.console.say(f"time budget: planned {progress.planned_windows:,} windows "
                              f"({progress.planned_windows / self.windows:.1f} epochs) at "
                              f"{self.budget.train_seconds / self.budget.train_windows * 1000:.0f} "
                              f"ms a window")
+            self.announced = True
 
 
 def _epoch_windows(rows: torch.Tensor, config: LMConfig, epoch: int, start: int,
@@ -594,7 +606,9 @@ class _Saver:
         return self.run_dir is not None and (self.run_dir / MODEL_FILE).exists()
 
     def checkpoint(self, progress: Progress, carried: tuple[torch.Tensor, ...] | None,
-                   best: bool) -> None:
+                   best: bool, accept: bool = True) -> None:
+        """`accept`: this checkpoint lets a run that --overwrite replaces go for good (not so
+        the untrained one that on_nan rollback starts from)."""
         if self.run_dir is None:
             return
         if not weights_finite(self.model):  # never write a diverged model over a good one
@@ -616,7 +630,8 @@ class _Saver:
         save_lm_checkpoint(self.run_dir / MODEL_FILE, self.model, self.config, self.data.vocab,
                            self.data.level, self.optimizer, progress, carried, rank_rng,
                            self.average.by_name())
-        self.run.accept()  # a replaced run's files may go now: this one can be resumed
+        if accept:
+            self.run.accept()  # a replaced run's files may go now: this one can be resumed
 
 
 def _resume(config: LMConfig, data: TokenSplits, loaded: LoadedLM, world: World,
@@ -649,8 +664,11 @@ def _resume(config: LMConfig, data: TokenSplits, loaded: LoadedLM, world: World,
     optimizer = make_optimizer(config, model)
     average = WeightAverage(model)
     progress, carried = _restore(loaded, optimizer, average, config, world, metrics)
-    if config.time_budget != loaded.config.time_budget:  # a new budget: plan anew
-        progress.training_done, progress.planned_windows = False, 0
+    old_budget, new_budget = loaded.config.budget_seconds, config.budget_seconds
+    if new_budget != old_budget:  # a new budget: plan anew (meanwhile the old plan, rescaled)
+        progress.training_done = False
+        progress.planned_windows = rescaled_plan(progress.planned_windows,
+                                                 progress.windows_done, old_budget, new_budget)
     return model, optimizer, progress, carried, average
 
 
@@ -682,15 +700,17 @@ def _restore(loaded: LoadedLM, optimizer: torch.optim.Optimizer, average: Weight
 class _Rollback:
     """on_nan rollback: back to the last checkpoint, with the learning rate lowered.
 
-    Each rollback multiplies the run's `lr_scale` by ROLLBACK_LR_FACTOR. The epoch schedule
-    goes on as before, scaled: lr = learning_rate_for_epoch(epoch) * lr_scale. `lr_scale` is
-    saved in every checkpoint, so a resumed run (or a later rollback) keeps the lowered rate.
+    Each rollback multiplies the run's `lr_scale` by ROLLBACK_LR_FACTOR. The schedule goes on
+    as before, scaled: lr = (the schedule's rate) * lr_scale. `lr_scale` is saved in every
+    checkpoint, so a resumed run (or a later rollback) keeps the lowered rate.
     """
 
-    def __init__(self, run_dir: Path, model: LanguageModel, optimizer: torch.optim.Optimizer,
+    def __init__(self, run: RunDir, model: LanguageModel, optimizer: torch.optim.Optimizer,
                  config: LMConfig, world: World, metrics: MetricsLog, console: Console,
                  average: WeightAverage) -> None:
-        self.run_dir, self.model, self.optimizer, self.average = run_dir, model, optimizer, average
+        assert run.path is not None
+        self.run, self.run_dir = run, run.path
+        self.model, self.optimizer, self.average = model, optimizer, average
         self.config, self.world, self.metrics, self.console = config, world, metrics, console
         self.target: tuple[int, int] | None = None  # (epoch, step) last rolled back to
         self.streak: list[dict] = []  # metrics records of the rollbacks to `target`
@@ -704,10 +724,12 @@ class _Rollback:
         if (saved.epoch, saved.step) != self.target:
             self.target, self.streak = (saved.epoch, saved.step), []
         if len(self.streak) == MAX_ROLLBACKS_IN_A_ROW:
+            kept = (f"the run it was to replace is back in {self.run_dir}"
+                    if self.run.pending_replacement else f"{path} is intact")
             raise UserError(f"training diverged: {fault.what} at epoch {fault.epoch}, step "
                             f"{fault.step}, again after {MAX_ROLLBACKS_IN_A_ROW} rollbacks to "
                             f"{where} (learning rate now {progress.lr_scale:g} x the schedule); "
-                            f"{path} is intact (try a lower learning_rate or max_grad_norm)")
+                            f"{kept} (try a lower learning_rate or max_grad_norm)")
         self.model.load_state_dict(loaded.model.state_dict())
         restored, carried = _restore(loaded, self.optimizer, self.average, self.config,
                                      self.world, self.metrics)
