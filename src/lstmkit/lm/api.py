@@ -180,9 +180,7 @@ def evaluate_ptb(model_path: str | Path, data_dir: str | Path | None, split: str
     loaded = load_lm(model_path, device_used)
     model = quantize_model(loaded.model, quantize)
     ids = encode_file(loaded.vocab, ptb_files(data_dir)[f"{split}_file"], loaded.level)
-    precision = "fp32" if quantize else precision or saved_precision(loaded.config.precision,
-                                                                     device_used)
-    check_precision(precision, device_used)
+    precision = _reuse_precision(precision, loaded.config.precision, quantize, device_used)
     if stream:
         return stream_perplexity(model, ids, precision)
     return perplexity(model, ids, batch_size or loaded.config.eval_batch_size,
@@ -363,9 +361,7 @@ class LanguageModelRun:
         ids, line_lengths = encode_text(self.vocab, text, self.level, where)
         device = next(self.model.parameters()).device
         check_quantize(self.quantize, device, precision)
-        precision = "fp32" if self.quantize else precision or saved_precision(
-            self.config.precision, device)
-        check_precision(precision, device)
+        precision = _reuse_precision(precision, self.config.precision, self.quantize, device)
         if ids.numel() < 2:
             raise UserError(f"{where}: {ids.numel()} token(s) are too few to score (the first "
                             f"is context only)")
@@ -375,6 +371,15 @@ class LanguageModelRun:
     def score_file(self, path: str | Path, per_line: bool = False,
                    precision: str | None = None) -> generate.TextScore:
         return self.score(read_text(path), per_line, precision, where=str(path))
+
+
+def _reuse_precision(asked: str | None, saved: str, quantize: str | None,
+                     device: torch.device) -> str:
+    """The precision to evaluate or score a saved model in, checked: fp32 for an int8 model,
+    else the one asked for, else the saved one as `saved_precision` adapts it to `device`."""
+    precision = "fp32" if quantize else asked or saved_precision(saved, device)
+    check_precision(precision, device)
+    return precision
 
 
 def export(model_path: str | Path, out_dir: str | Path, overwrite: bool = False):
