@@ -2,11 +2,13 @@
 
 The language model's speed is bounded by these products (see the README's speed section), so
 their fp32/bf16 ratio on a machine is the ceiling of what bf16 can buy there. One JSON line
-per shape: median GFLOP/s of each precision over interleaved repetitions, their ratio, and
-the machine.
+per shape: median GFLOP/s of each variant over interleaved repetitions, their ratios to fp32
+(torch.mm), and the machine. `fp32_onednn` runs the fp32 product through oneDNN's matmul
+instead of torch.mm's BLAS.
 
     python bench/gemm.py                      # small preset's shapes: 400 rows, 200 -> 10,000
     python bench/gemm.py --rows 700 --hidden 650
+    python bench/gemm.py --rows 700 --hidden 650 --variants fp32 fp32_onednn --repeats 21
 """
 
 from __future__ import annotations
@@ -32,29 +34,46 @@ def products(rows: int, hidden: int, vocab: int) -> dict[str, tuple]:
     }
 
 
-def median_seconds(left: torch.Tensor, right: torch.Tensor, repeats: int) -> float:
-    torch.mm(left, right)
+def onednn_product(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """left @ right through oneDNN's matmul (the op torch.compile's CPU linear lowers to),
+    not through torch.mm's BLAS (MKL in the x86 wheels)."""
+    return torch.ops.mkldnn._linear_pointwise(left, right.t(), None, "none", [], "")
+
+
+# variant -> (dtype of the operands, the product)
+VARIANTS = {"fp32": (torch.float32, torch.mm), "bf16": (torch.bfloat16, torch.mm),
+            "fp32_onednn": (torch.float32, onednn_product)}
+
+
+def median_seconds(product, left: torch.Tensor, right: torch.Tensor, repeats: int) -> float:
+    product(left, right)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        torch.mm(left, right)
+        product(left, right)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
-def bench_product(left_shape, right_shape, transposed: bool, repeats: int) -> dict:
+def bench_product(left_shape, right_shape, transposed: bool, repeats: int,
+                  variants: list[str]) -> dict:
     torch.manual_seed(0)
     left = torch.randn(*left_shape)
     right = torch.randn(*right_shape)
     flops = 2 * left_shape[0] * left_shape[1] * (right_shape[0] if transposed else right_shape[1])
-    times = {"fp32": [], "bf16": []}
-    operands = {"fp32": (left, right), "bf16": (left.bfloat16(), right.bfloat16())}
-    for _ in range(repeats):  # alternate, so a noisy neighbour slows both alike
-        for name, (a, b) in operands.items():
-            times[name].append(median_seconds(a, b.t() if transposed else b, 3))
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    operands = {name: (left.to(VARIANTS[name][0]), right.to(VARIANTS[name][0]))
+                for name in variants}
+    for r in range(repeats):  # alternate, so a noisy neighbour slows all alike
+        for name in variants if r % 2 == 0 else variants[::-1]:
+            a, b = operands[name]
+            times[name].append(median_seconds(VARIANTS[name][1], a, b.t() if transposed else b, 3))
     gflops = {name: flops / statistics.median(t) / 1e9 for name, t in times.items()}
-    return {"fp32_gflops": round(gflops["fp32"], 1), "bf16_gflops": round(gflops["bf16"], 1),
-            "bf16_over_fp32": round(gflops["bf16"] / gflops["fp32"], 2)}
+    result = {f"{name}_gflops": round(rate, 1) for name, rate in gflops.items()}
+    for name in variants:
+        if name != "fp32" and "fp32" in gflops:
+            result[f"{name}_over_fp32"] = round(gflops[name] / gflops["fp32"], 2)
+    return result
 
 
 def main(argv=None) -> int:
@@ -63,10 +82,12 @@ def main(argv=None) -> int:
     p.add_argument("--hidden", type=int, default=200)
     p.add_argument("--vocab", type=int, default=10_000)
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--variants", nargs="+", default=["fp32", "bf16"], choices=list(VARIANTS),
+                   help="fp32 and bf16: torch.mm; fp32_onednn: oneDNN's matmul in fp32")
     args = parse_args(p, argv)
     where = machine()
     for name, (left, right, transposed) in products(args.rows, args.hidden, args.vocab).items():
-        result = bench_product(left, right, transposed, args.repeats)
+        result = bench_product(left, right, transposed, args.repeats, args.variants)
         print(json.dumps({"product": name, "left": list(left), "right": list(right),
                           **result, "machine": where}), flush=True)
     return 0

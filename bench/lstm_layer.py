@@ -8,6 +8,7 @@ precision) with the median milliseconds and the machine.
 
     PYTHONPATH=src python bench/lstm_layer.py
     PYTHONPATH=src python bench/lstm_layer.py --shapes 650x35 --repeats 21
+    PYTHONPATH=src python bench/lstm_layer.py --precisions fp32   # a CPU without native bf16
 """
 
 from __future__ import annotations
@@ -51,13 +52,14 @@ def make_step(impl: str, precision: str, mode: str, rnn: nn.LSTM, x: torch.Tenso
     return step
 
 
-def bench_shape(hidden: int, steps: int, mode: str, repeats: int, warmup: int) -> list[dict]:
+def bench_shape(hidden: int, steps: int, mode: str, repeats: int, warmup: int,
+                precisions: list[str]) -> list[dict]:
     torch.manual_seed(0)
     rnn = nn.LSTM(hidden, hidden, LAYERS, batch_first=True)
     rnn.train(mode == "train")
     x = torch.randn(BATCH, steps, hidden, requires_grad=mode == "train")
     state = (torch.zeros(LAYERS, BATCH, hidden), torch.zeros(LAYERS, BATCH, hidden))
-    variants = [(impl, prec) for prec in ("fp32", "bf16") for impl in ("nn.LSTM", "ours")]
+    variants = [(impl, prec) for prec in precisions for impl in ("nn.LSTM", "ours")]
     fns = {v: make_step(*v, mode, rnn, x, state) for v in variants}
     times: dict[tuple[str, str], list[float]] = {v: [] for v in variants}
     for fn in fns.values():
@@ -73,7 +75,7 @@ def bench_shape(hidden: int, steps: int, mode: str, repeats: int, warmup: int) -
         rows.append({"shape": f"{hidden}x{steps}", "hidden": hidden, "steps": steps,
                      "layers": LAYERS, "batch": BATCH, "mode": mode, "impl": impl,
                      "precision": prec, "ms": round(statistics.median(ts) * 1e3, 2)})
-    for prec in ("fp32", "bf16"):
+    for prec in precisions:
         base = statistics.median(times[("nn.LSTM", prec)])
         ours = statistics.median(times[("ours", prec)])
         for row in rows:
@@ -87,6 +89,8 @@ def main(argv=None) -> int:
     p.add_argument("--shapes", nargs="+", default=["200x20", "650x35", "1500x35"],
                    help="HIDDENxSTEPS")
     p.add_argument("--modes", nargs="+", default=["train", "eval"], choices=["train", "eval"])
+    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],
+                   help="bf16 only where it is native: elsewhere it is emulated, 10-100x slower")
     p.add_argument("--repeats", type=int, default=11)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -97,7 +101,8 @@ def main(argv=None) -> int:
     for shape in args.shapes:
         hidden, steps = (int(v) for v in shape.split("x"))
         for mode in args.modes:
-            for row in bench_shape(hidden, steps, mode, args.repeats, args.warmup):
+            for row in bench_shape(hidden, steps, mode, args.repeats, args.warmup,
+                                   args.precisions):
                 print(json.dumps({**row, **where}), flush=True)
     return 0
 

@@ -1,6 +1,10 @@
 """Where a training step's time goes: torch.profiler over N steps of a preset.
 
     python bench/profile_step.py --preset small --precision bf16 [--steps 30] [--eval]
+    python bench/profile_step.py --preset medium --precision fp32 --runner plain_fp32
+
+`--runner` profiles lstmkit's step (default) or one of bench/throughput.py's hand-written
+baselines, so the two can be compared operator by operator.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from torch.profiler import ProfilerActivity, profile
 from lstmkit.fields import apply_overrides
 from lstmkit.lm.batching import batch_rows, bptt_windows
 from lstmkit.lm.config import preset
-from throughput import corpus, lstmkit_runner, machine, parse_args
+from throughput import baseline_runner, corpus, lstmkit_runner, machine, parse_args
 
 
 def main() -> None:
@@ -23,11 +27,15 @@ def main() -> None:
     p.add_argument("--eval", action="store_true")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--rows", type=int, default=25)
+    p.add_argument("--runner", default="lstmkit", choices=["lstmkit", "plain_fp32", "plain_bf16"])
     args = parse_args(p)
-    print(machine())
+    print(machine(), f"runner: {args.runner}")
     config = apply_overrides(preset(args.preset), {"precision": args.precision}, "profile")
     ids, vocab = corpus(args.data_dir)
-    train_step, eval_step = lstmkit_runner(config, vocab)
+    if args.runner == "lstmkit":
+        train_step, eval_step = lstmkit_runner(config, vocab)
+    else:
+        train_step, eval_step = baseline_runner(config, vocab, args.runner.removeprefix("plain_"))
     bs = config.eval_batch_size if args.eval else config.batch_size
     steps = config.eval_num_steps if args.eval else config.num_steps
     windows = list(bptt_windows(batch_rows(ids, bs), steps))[: args.steps + 5]

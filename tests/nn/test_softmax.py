@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lstmkit.nn import products
 from lstmkit.nn.softmax import linear_cross_entropy
 
 # bf16 products carry 8 mantissa bits: ~0.4% per element, averaged down in the sums.
@@ -35,6 +36,17 @@ def test_fused_loss_and_gradients_match_plain_autograd(dtype, rows):
     for name, e, g in zip(("hidden", "weight", "bias"), expected, got, strict=True):
         error = ((g - e).norm() / e.norm()).item()
         assert error < grad_tol, f"{name} gradient off by {error:.2e}"
+
+
+@pytest.mark.skipif(not products.onednn_matmul_available(), reason="no oneDNN matmul")
+@pytest.mark.parametrize("onednn", [True, False], ids=["oneDNN", "torch.mm"])
+@pytest.mark.parametrize("rows", [1, 133])
+def test_fp32_products_through_either_library_match_plain_autograd(onednn, rows, monkeypatch):
+    monkeypatch.setattr(products, "onednn_fp32_products", lambda: onednn)
+    plain, fused, expected, got = plain_and_fused(torch.float32, rows)
+    assert fused.item() == pytest.approx(plain.item(), rel=1e-5)
+    for e, g in zip(expected, got, strict=True):
+        assert ((g - e).norm() / e.norm()).item() < 1e-5
 
 
 def test_no_gradients_are_made_when_none_are_needed():

@@ -58,6 +58,7 @@ from lstmkit.lm.runs import (
 )
 from lstmkit.lm.schedule import TimeBudget, learning_rate, rescaled_plan
 from lstmkit.nn import kernels
+from lstmkit.nn.products import products_library
 from lstmkit.nn.recurrent import detach_state
 from lstmkit.reporting import (
     Console,
@@ -143,12 +144,14 @@ def _precision_label(config: LMConfig, device: torch.device) -> str:
 
 def implementation(config: LMConfig, model: LanguageModel, device: torch.device
                    ) -> dict[str, str]:
-    """Which code runs this model here: precision, recurrent layer, softmax kernel, CPU."""
+    """Which code runs this model here: precision, recurrent layer, softmax kernel and
+    products, CPU."""
     precision = resolve_precision(config.precision, device)
     softmax = kernels.implementation("softmax_xent") if device.type == "cpu" else "plain"
     return {"precision": precision,
             "recurrent": model.describe_recurrent(device, precision == "bf16"),
             "softmax": f"{softmax} kernel" if softmax == "native" else "plain PyTorch",
+            "products": products_library(device, precision),
             "cpu": kernels.cpu_isa(), "threads": str(torch.get_num_threads())}
 
 
@@ -200,8 +203,9 @@ def _train_in_run(config: LMConfig, data: TokenSplits, run: RunDir,
                 f"{_loss_scale_label(progress)} | "
                 f"{sum(p.numel() for p in model.parameters()):,} parameters")
     runs_on = implementation(config, model, device)
-    console.say(f"recurrent layer {runs_on['recurrent']} | softmax {runs_on['softmax']} | "
-                f"{runs_on['threads']} threads | CPU {runs_on['cpu']}")
+    console.say(f"recurrent layer {runs_on['recurrent']} | softmax {runs_on['softmax']}, "
+                f"products {runs_on['products']} | {runs_on['threads']} threads | "
+                f"CPU {runs_on['cpu']}")
     metrics.defer({"event": "setup", "seed": config.seed, "epoch": progress.epoch,
                    "step": progress.step, "resumed": resume, **runs_on})
     if world.distributed:

@@ -7,7 +7,8 @@ pass makes the logits with one product and turns them, in place, into the loss a
 d loss / d logits = softmax - onehot (on the CPU with one native pass per row, see
 kernels/softmax_xent.cpp); backward is just the two products that remain. The products run in
 `compute_dtype` (bf16 under CPU autocast: ~2x fp32 on CPUs with native bf16); log-sum-exp, the loss
-and the bias gradient stay in fp32.
+and the bias gradient stay in fp32. On AMD CPUs the fp32 logits and weight-gradient products run
+through oneDNN rather than torch.mm's BLAS (nn/products.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from lstmkit.nn import kernels
+from lstmkit.nn.products import mm_t, t_mm
 
 CHUNK_ELEMENTS = 1 << 23  # logits per product when no gradient is kept (bounds eval memory)
 
@@ -28,7 +30,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         targets = targets.contiguous()
         if not any(ctx.needs_input_grad[:3]):
             return _loss_only(h, w, b, targets)
-        dlogits = torch.mm(h, w.t())
+        dlogits = mm_t(h, w)
         nll, grad_bias = softmax_xent_(dlogits, b, targets, want_grad=True)
         ctx.save_for_backward(dlogits, h, w, grad_bias)
         ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype)
@@ -40,7 +42,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         hidden_dtype, weight_dtype, bias_dtype = ctx.dtypes
         grad_hidden = torch.mm(dlogits, w).to(hidden_dtype) * grad_total
         # Scaling the small [N, H] factor, not the [V, H] product, saves a pass over memory.
-        grad_weight = torch.mm(dlogits.t(), h * grad_total.to(h.dtype)).to(weight_dtype)
+        grad_weight = t_mm(dlogits, h * grad_total.to(h.dtype)).to(weight_dtype)
         return grad_hidden, grad_weight, (grad_bias * grad_total).to(bias_dtype), None, None
 
 
@@ -49,7 +51,7 @@ def _loss_only(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, targets: torch
     rows = max(1, CHUNK_ELEMENTS // w.size(0))
     total = torch.zeros((), dtype=torch.float32, device=h.device)
     for lo in range(0, h.size(0), rows):
-        logits = torch.mm(h[lo:lo + rows], w.t())
+        logits = mm_t(h[lo:lo + rows], w)
         total += softmax_xent_(logits, b, targets[lo:lo + rows], want_grad=False)[0].sum()
     return total
 
