@@ -20,6 +20,7 @@ import time
 
 import torch
 
+from lstmkit.nn.products import onednn_mm_t
 from throughput import machine, parse_args
 
 
@@ -35,9 +36,8 @@ def products(rows: int, hidden: int, vocab: int) -> dict[str, tuple]:
 
 
 def onednn_product(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-    """left @ right through oneDNN's matmul (the op torch.compile's CPU linear lowers to),
-    not through torch.mm's BLAS (MKL in the x86 wheels)."""
-    return torch.ops.mkldnn._linear_pointwise(left, right.t(), None, "none", [], "")
+    """left @ right through oneDNN's matmul as lstmkit calls it, not torch.mm's BLAS."""
+    return onednn_mm_t(left, right.t())
 
 
 # variant -> (dtype of the operands, the product)

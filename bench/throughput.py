@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lstmkit.allocator import keep_freed_memory
-from lstmkit.device import cpu_has_native_bf16, resolve_precision
+from lstmkit.device import cpu_has_native_bf16, cpuinfo, resolve_precision
 from lstmkit.fields import apply_overrides
 from lstmkit.lm.batching import batch_rows, bptt_windows
 from lstmkit.lm.config import preset
@@ -220,13 +220,8 @@ def machine() -> dict:
     from lstmkit.nn.kernels import cpu_isa
 
     cpu = platform.processor() or platform.machine()
-    try:  # with family and model: "AMD EPYC" alone names Zen 3, 4 and 5 alike
-        with open("/proc/cpuinfo") as f:
-            fields = dict(line.split(":", 1) for line in f if ":" in line and line.strip())
-        fields = {key.strip(): value.strip() for key, value in fields.items()}
-        cpu = f"{fields['model name']} (family {fields['cpu family']}, model {fields['model']})"
-    except (OSError, KeyError):
-        pass
+    if cpuinfo("model name"):  # with family and model: "AMD EPYC" names Zen 3, 4 and 5 alike
+        cpu = f"{cpuinfo('model name')} (family {cpuinfo('cpu family')}, model {cpuinfo('model')})"
     return {"cpu": cpu, "isa": cpu_isa(), "native_bf16": cpu_has_native_bf16(),
             "cores": os.cpu_count(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(),

@@ -37,13 +37,15 @@ def cpu_has_native_bf16() -> bool:
 
 
 @functools.cache
-def cpu_vendor() -> str:
-    """/proc/cpuinfo's vendor_id ("AuthenticAMD", "GenuineIntel"), or "" where there is none."""
+def cpuinfo(field: str) -> str:
+    """The first value of `field` in /proc/cpuinfo ("vendor_id", "flags", "model name", ...),
+    or "" where there is none (no such file or field)."""
     try:
         with open("/proc/cpuinfo") as info:
             for line in info:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
+                name, colon, value = line.partition(":")
+                if colon and name.strip() == field:
+                    return value.strip()
     except OSError:
         pass
     return ""

@@ -5,8 +5,9 @@ oneDNN). On an AMD Zen 3 MKL ran the softmax layer's logits (h @ W.T) and weight
 (G.T @ h) 1.13-1.68x slower than oneDNN's matmul at the small, medium and large shapes, and
 its d-hidden product (G @ W) 0.85-1.14x as fast (`bench/gemm.py --variants fp32 fp32_onednn`,
 21 interleaved repetitions; results/bench-zen3-avx2/gemm-onednn.jsonl). So on AMD CPUs those
-two products go to oneDNN; d hidden stays with torch.mm, as does everything on other CPUs
-(where MKL is Intel's own library) and in other dtypes. The two agree to fp32 rounding.
+two products go to oneDNN (/proc/cpuinfo's vendor_id tells); d hidden stays with torch.mm, as
+does everything on other CPUs (where MKL is Intel's own library) and in other dtypes. The two
+agree to fp32 rounding.
 
 These are plain functions for use inside an autograd.Function (they have no backward).
 """
@@ -17,13 +18,13 @@ import functools
 
 import torch
 
-from lstmkit.device import cpu_vendor
+from lstmkit.device import cpuinfo
 
 
 @functools.cache
 def onednn_fp32_products() -> bool:
     """Whether fp32 logits and weight-gradient products run through oneDNN here."""
-    return cpu_vendor() == "AuthenticAMD" and onednn_matmul_available()
+    return cpuinfo("vendor_id") == "AuthenticAMD" and onednn_matmul_available()
 
 
 def onednn_matmul_available() -> bool:

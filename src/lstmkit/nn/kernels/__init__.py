@@ -29,6 +29,7 @@ from types import ModuleType
 
 import torch
 
+from lstmkit.device import cpuinfo
 from lstmkit.errors import LstmkitWarning
 
 _SOURCE_DIR = Path(__file__).parent
@@ -142,11 +143,7 @@ def _build_key(source: Path) -> str:
 
 
 def _cpu_flags() -> str:
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as info:
-        for line in info:
-            if line.startswith("flags"):
-                return line
-    return platform.processor()
+    return cpuinfo("flags") or platform.processor()
 
 
 def cpu_isa() -> str:
