@@ -32,7 +32,8 @@ def _fresh_build(name, monkeypatch):
 def test_a_kernel_with_a_syntax_error_warns_in_one_line_and_falls_back(tmp_path, monkeypatch):
     source = (kernels._SOURCE_DIR / "softmax_xent.cpp").read_text()
     (tmp_path / "softmax_xent.cpp").write_text(source.replace("namespace {", "namespace {{", 1))
-    shutil.copy(kernels._SOURCE_DIR / "bf16.h", tmp_path)  # so the planted error is the one
+    for header in kernels._SOURCE_DIR.glob("*.h"):  # so the planted error is the one
+        shutil.copy(header, tmp_path)
     monkeypatch.setattr(kernels, "_SOURCE_DIR", tmp_path)
     monkeypatch.setenv("LSTMKIT_CACHE", str(tmp_path / "cache"))
     module, warned = _fresh_build("softmax_xent", monkeypatch)
