@@ -5,7 +5,8 @@ F.cross_entropy, SGD, clip_grad_norm_, with the same preset, data, batch shape a
 `plain_fp32`, and on a CPU with native bf16 products also `plain_bf16`, the same code under
 `torch.autocast("cpu", dtype=torch.bfloat16)` (one line more, the strongest simple baseline).
 All run in this one process, interleaved after warm-up, the order rotating every repetition,
-so a noisy machine slows all alike; we report medians and ratios of medians. The process
+so a noisy machine slows all alike; we report medians, ratios of medians, and the quartiles
+of the ratios paired within each repetition (their spread is the machine's noise). The process
 keeps freed memory for reuse (lstmkit.allocator, as the lstmkit command does) unless
 --default-allocator: under glibc's defaults the baselines' speed swings by up to 3x between
 processes with where their buffers land. One JSON line per
@@ -202,11 +203,23 @@ def bench_preset(name, cell, args, ids, vocab_size) -> dict:
         result[f"{kind}_words_per_sec"] = {k: round(v) for k, v in med.items()}
         for base in (k for k in med if k != "lstmkit"):
             result[f"{kind}_ratio_vs_{base}"] = round(med["lstmkit"] / med[base], 2)
+            result[f"{kind}_paired_ratio_quartiles_vs_{base}"] = paired_quartiles(
+                runs["lstmkit"], runs[base])
     result.update({
         "eval_shape": f"batch {config.eval_batch_size} x {config.eval_num_steps} steps",
         "stream_shape": f"batch 1 x {STREAM_NUM_STEPS} steps",
         "repeats": args.repeats, "steps_per_repeat": n, "machine": machine()})
     return result
+
+
+def paired_quartiles(ours: list[float], base: list[float]) -> list[float]:
+    """Quartiles of ours / base within each repetition (the two ran back to back): how far
+    a machine's drift moves the ratio. Quartiles either side of 1.0 mean a tie here."""
+    ratios = [a / b for a, b in zip(ours, base, strict=True)]
+    if len(ratios) < 2:
+        return [round(ratios[0], 2)] * 3
+    q1, q2, q3 = statistics.quantiles(ratios, n=4)
+    return [round(q1, 2), round(q2, 2), round(q3, 2)]
 
 
 def implementation(config) -> dict:
