@@ -6,8 +6,8 @@
 #
 # A long run spans segments: a command with --resume continues the record of NAME, appending
 # its command, machine, log and wall time as "segment N" (each segment names its machine).
-# Stop a segment with Ctrl-C (SIGINT) or SIGTERM: the run keeps its last checkpoint and the
-# segment's wall time is still written.
+# Stop a segment with Ctrl-C (SIGINT) or SIGTERM: the run checkpoints the window it is in
+# (lstmkit.stopping) and the segment's wall time is still written.
 #
 # A record names the commit it ran from, so the tree must be that commit: a tree with changes
 # (tracked or untracked) is refused. --allow-dirty records it anyway, with the changes beside
@@ -128,8 +128,9 @@ finish() {
         if [[ -f $run_dir/$f ]]; then cp "$run_dir/$f" "$out/"; fi
     done
 }
-# Ctrl-C or SIGTERM stops the run with SIGTERM (a background job ignores SIGINT); its
-# checkpoints are written atomically, so it keeps the last one; the segment is still recorded.
+# Ctrl-C or SIGTERM stops the run with SIGTERM (a background job ignores SIGINT): it ends its
+# window and checkpoints there (a second signal would stop it at once, keeping the last
+# checkpoint: written atomically); the segment is still recorded.
 trap 'set +e; kill -TERM "$pid" 2>/dev/null; wait "$pid"; s=$?; finish "$s"; exit "$s"' INT TERM
 if [[ -n $append ]]; then "$@" > >(tee -a "$out/train.log") 2>&1 & else "$@" > >(tee "$out/train.log") 2>&1 & fi
 pid=$!

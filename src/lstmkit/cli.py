@@ -20,6 +20,7 @@ from lstmkit.distributed import lost_contact, rank_label
 from lstmkit.errors import LstmkitWarning, UserError, one_line
 from lstmkit.lm import api
 from lstmkit.reporting import TENSORBOARD_HELP, discard_output
+from lstmkit.stopping import StopRequested
 from lstmkit.text import without_bom
 
 EXIT_USER_ERROR = 2
@@ -56,6 +57,9 @@ def _dispatch(argv: Sequence[str] | None) -> int:
             raise
         print(f"lstmkit: error: {lost}", file=sys.stderr)
         return EXIT_LOST_CONTACT
+    except StopRequested as stop:  # a signal, answered with a checkpoint where it came
+        print(f"lstmkit: {stop}", file=sys.stderr)
+        return stop.exit_status
     except KeyboardInterrupt:
         training = "train" in (getattr(args, "command", None),
                                getattr(args, "classify_command", None))

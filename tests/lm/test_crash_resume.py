@@ -6,6 +6,8 @@ after the temporary file is synced, before the rename), then resumed with `--res
 run finishes. Metrics (all but the timing field), weights, optimizer state and RNG state must
 equal those of one uninterrupted run with the same seed. Every resumed process must say it
 resumed at its checkpoint's position, and the last one must train only the windows left.
+SIGTERM and a single Ctrl-C instead stop a run after its window with a checkpoint there
+(lstmkit.stopping), which resumes to the same end.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -30,8 +33,9 @@ from lstmkit.lm.data import load_ptb
 from lstmkit.lm.runs import load_lm
 
 BATCH, STEPS, EVERY = 4, 5, 5  # 87 windows an epoch, a checkpoint every 5
-FLAGS = ["--preset", "test", "--hidden-size", "16", "--batch-size", str(BATCH), "--num-steps",
-         str(STEPS), "--keep-prob", "0.7", "--checkpoint-every", str(EVERY)]  # dropout: RNG
+EPOCH_END_CHECKPOINTS = ["--preset", "test", "--hidden-size", "16", "--batch-size", str(BATCH),
+                         "--num-steps", str(STEPS), "--keep-prob", "0.7"]  # dropout: RNG
+FLAGS = [*EPOCH_END_CHECKPOINTS, "--checkpoint-every", str(EVERY)]
 RUN_FILES = {"model.safetensors", "best.safetensors", "metrics.jsonl", "curve.png"}
 TIMEOUT = 120
 
@@ -44,10 +48,10 @@ class Kill:
     in_save: int = 0
 
 
-def start(ptb: Path, run: Path, log: Path, kill_in_save: int = 0, epochs: int = 2
-          ) -> subprocess.Popen:
+def start(ptb: Path, run: Path, log: Path, kill_in_save: int = 0, epochs: int = 2,
+          flags: list[str] = FLAGS) -> subprocess.Popen:
     resume = (["--resume"] if (run / "model.safetensors").exists()
-              else [*FLAGS, "--max-max-epoch", str(epochs)])
+              else [*flags, "--max-max-epoch", str(epochs)])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1",
            "MKL_NUM_THREADS": "1", "CI": "1"}
     env.pop(KILL_IN_SAVE_ENV, None)
@@ -98,6 +102,31 @@ def finish(ptb: Path, run: Path, windows: int) -> None:
     assert progress_lines(output) == report_points(step, windows, epochs_left), output
 
 
+def stop_by(signum: int, ptb: Path, run: Path, after_lines: int) -> tuple[int, int]:
+    """Start or resume a run that checkpoints at epoch ends only, and send `signum` once it
+    has printed `after_lines` lines: it must end its window, checkpoint that position, say
+    where in one line and exit as that signal's status. Returns the position."""
+    log = next_log(run)
+    before = saved_position(run)
+    proc = start(ptb, run, log, flags=EPOCH_END_CHECKPOINTS)
+    while log.read_bytes().count(b"\n") < after_lines and proc.poll() is None:
+        time.sleep(0.002)
+    proc.send_signal(signum)
+    code = proc.wait(TIMEOUT)
+    output = log.read_text()
+    name = signal.Signals(signum).name
+    assert code == 128 + signum, f"exited {code}:\n{output}"
+    assert f"lstmkit: {name}: stopping after this window with a checkpoint" in output, output
+    said = re.findall(rf"lstmkit: stopped by {name} at epoch (\d+), step (\d+), with a "
+                      r"checkpoint there", output)
+    assert len(said) == 1 and "Traceback" not in output, output
+    position = int(said[0][0]), int(said[0][1])
+    assert saved_position(run) == position, output
+    assert before is None or position > before, f"{before} -> {position}"
+    assert not any(name.endswith(".tmp") for name in tree_files(run))
+    return position
+
+
 def saved_position(run: Path) -> tuple[int, int] | None:
     """(epoch, step) where the run's checkpoint resumes, if it has one."""
     if not (run / "model.safetensors").exists():
@@ -145,10 +174,11 @@ def corpus(tmp_path: Path) -> tuple[Path, int]:
     return ptb, epoch_size(load_ptb(ptb).train.numel(), BATCH, STEPS)
 
 
-def uninterrupted(ptb: Path, run: Path, epochs: int) -> subprocess.Popen:
+def uninterrupted(ptb: Path, run: Path, epochs: int, flags: list[str] = FLAGS
+                  ) -> subprocess.Popen:
     """The reference run, started first so it trains beside the interrupted one. (A separate
     process like them: in this one, other threads or settings could change the last bits.)"""
-    return start(ptb, run, run.parent / "straight.log", epochs=epochs)
+    return start(ptb, run, run.parent / "straight.log", epochs=epochs, flags=flags)
 
 
 def check_reference(proc: subprocess.Popen, run: Path) -> None:
@@ -170,6 +200,21 @@ def test_killed_at_random_and_inside_the_last_write_resumes_bit_for_bit(corpus, 
     finish(ptb, killed, windows)
     check_reference(reference, straight)
     assert_same_run(straight, killed)
+
+
+def test_sigterm_and_ctrl_c_stop_after_a_window_with_a_checkpoint_and_resume_bit_for_bit(
+        corpus, tmp_path):
+    ptb, windows = corpus
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    reference = uninterrupted(ptb, straight, epochs=2, flags=EPOCH_END_CHECKPOINTS)
+    # A few progress lines into epoch 1: without --checkpoint-every, only the stop itself can
+    # have written a checkpoint inside the epoch.
+    epoch, step = stop_by(signal.SIGTERM, ptb, stopped, after_lines=7)
+    assert epoch == 1 and 0 < step < windows
+    stop_by(signal.SIGINT, ptb, stopped, after_lines=9)  # Ctrl-C, once, in the resumed run
+    finish(ptb, stopped, windows)
+    check_reference(reference, straight)
+    assert_same_run(straight, stopped)
 
 
 @pytest.mark.slow

@@ -70,6 +70,7 @@ from lstmkit.reporting import (
 )
 from lstmkit.rundir import BEST_FILE, CURVE_FILE, METRICS_FILE, MODEL_FILE
 from lstmkit.runstart import RunDir, check_run_start, open_run
+from lstmkit.stopping import StopRequests, stop_requests
 
 ROLLBACK_LR_FACTOR = 0.5  # on_nan rollback: each rollback halves the learning rate
 MAX_ROLLBACKS_IN_A_ROW = 3  # to the same checkpoint; one more fault there stops the run
@@ -168,17 +169,19 @@ def _train_run(config: LMConfig, data: TokenSplits, save_path: str | Path | None
         with model_fits("language model"):
             model = build_language_model(config, len(data.vocab)).to(world.device)
     with open_run(save_path, overwrite=overwrite, resume=resume, resumable=True,
-                  writer=world.is_main) as run:
+                  writer=world.is_main) as run, \
+            stop_requests(run.path is not None and not world.distributed) as stops:
         return _train_in_run(config, data, run, model, resumed, console, world, windows,
-                             tensorboard)
+                             tensorboard, stops)
 
 
 def _train_in_run(config: LMConfig, data: TokenSplits, run: RunDir,
                   model: LanguageModel | None, resumed: LoadedLM | None, console: Console,
-                  world: World, windows: int, tensorboard: str | Path | None
-                  ) -> TrainResult:
+                  world: World, windows: int, tensorboard: str | Path | None,
+                  stops: StopRequests) -> TrainResult:
     """The run itself, in its locked run directory; `model` is the fresh model (None on
-    resume, where the checkpoint's is used)."""
+    resume, where the checkpoint's is used). A signal (`stops`, see lstmkit.stopping) stops
+    training after its window with a checkpoint there."""
     device = world.device
     resume = resumed is not None
     run_dir = run.path
@@ -229,6 +232,7 @@ def _train_in_run(config: LMConfig, data: TokenSplits, run: RunDir,
         if not resume:  # something to roll back to; a run it replaces stays until a real one
             save.checkpoint(progress, carried=None, best=False, accept=False)
 
+    stops.arm()  # from here a signal stops training at a window's end, with a checkpoint
     while progress.epoch <= config.max_max_epoch and not plan.finished(progress):
         epoch = progress.epoch
         lr = plan.learning_rate(progress)
@@ -236,7 +240,7 @@ def _train_in_run(config: LMConfig, data: TokenSplits, run: RunDir,
         console.say(f"Epoch: {epoch} Learning rate: {lr:.3f}")
         try:
             stopped = _train_epoch(model, optimizer, rows, config, progress, carried, console,
-                                   metrics, save, world, window_loss, plan, average)
+                                   metrics, save, world, window_loss, plan, average, stops)
         except NonFiniteLoss as fault:
             if rollback is None:
                 raise
@@ -276,6 +280,8 @@ def _train_in_run(config: LMConfig, data: TokenSplits, run: RunDir,
         else:
             plan.replan(progress)
         save.checkpoint(progress, carried=None, best=improved)
+        stops.check(progress.epoch, progress.step)
+    stops.disarm()  # the test evaluation is the run's end: a signal stops it as before
 
     with average.swapped_in():
         test = stream_perplexity(model, data.test, config.precision)
@@ -421,10 +427,13 @@ def _train_epoch(model: LanguageModel, optimizer: torch.optim.Optimizer, rows: t
                  config: LMConfig, progress: Progress,
                  carried: tuple[torch.Tensor, ...] | None, console: Console,
                  metrics: MetricsLog, save: _Saver, world: World,
-                 window_loss: torch.nn.Module, plan: _Plan, average: WeightAverage) -> bool:
+                 window_loss: torch.nn.Module, plan: _Plan, average: WeightAverage,
+                 stops: StopRequests) -> bool:
     """One epoch from `progress.step` on this rank's `rows`; `window_loss` is the model's
     window loss, wrapped in DistributedDataParallel when there are several ranks. Returns
-    whether the time budget ended it early."""
+    whether the time budget ended it early. A stop request (`stops`) checkpoints the
+    position and raises StopRequested, except in the epoch's last window: the epoch ends
+    first."""
     model.train()
     device = rows.device
     params = list(model.parameters())
@@ -494,9 +503,12 @@ def _train_epoch(model: LanguageModel, optimizer: torch.optim.Optimizer, rows: t
         stop = plan.after_window(progress, time.perf_counter() - window_start)
         if stop:
             break
-        if config.checkpoint_every and progress.step % config.checkpoint_every == 0 \
-                and progress.step < windows:
+        periodic = config.checkpoint_every and progress.step % config.checkpoint_every == 0
+        if progress.step < windows and (periodic or stops.requested):
             save.checkpoint(progress, carried=detach_state(state), best=False)
+            if stops.requested:
+                bar.close()
+                stops.check(progress.epoch, progress.step)
     else:
         stop = False
     bar.close()

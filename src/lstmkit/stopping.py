@@ -1,0 +1,96 @@
+"""Stopping a training run where it is, with a checkpoint of that position.
+
+SIGINT (Ctrl-C) or SIGTERM (what `kill`, `timeout`, job schedulers and container stops send)
+asks the run to stop after the window it is in: it checkpoints that position (or, in the
+epoch's last window, ends the epoch first) and exits, and `--resume` continues from there as
+if nothing had happened. Without this a signal kept only the last checkpoint: an epoch's work
+by default, which is hours for `large` on two cores. A second signal of either kind stops at
+once, as before (the last checkpoint stays intact).
+
+Only in the main thread of a single process that saves checkpoints: under torchrun the ranks
+would see a signal at different windows (and each must take part in a checkpoint), and a run
+without --save-path has nowhere to write. Those keep Python's usual handling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopRequested(Exception):
+    """The run stopped on a signal after checkpointing (epoch, step); `--resume` continues."""
+
+    def __init__(self, signum: int, epoch: int, step: int) -> None:
+        self.signum, self.epoch, self.step = signum, epoch, step
+        super().__init__(f"stopped by {signal.Signals(signum).name} at epoch {epoch}, step "
+                         f"{step}, with a checkpoint there; `lstmkit train --resume` continues")
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + self.signum  # the shell's status for a process ended by that signal
+
+
+class StopRequests:
+    """Whether a signal asked the run to stop; `check` raises StopRequested if so."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.signum: int | None = None
+        self.previous: dict[int, object] = {}  # the handlers to put back
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def check(self, epoch: int, step: int) -> None:
+        """Call right after a checkpoint of (epoch, step) was written."""
+        if self.signum is not None:
+            raise StopRequested(self.signum, epoch, step)
+
+    def arm(self) -> None:
+        """From here on (where enabled) SIGINT and SIGTERM request a stop."""
+        if not self.enabled or self.previous:
+            return
+        self.previous = {signum: signal.getsignal(signum) or signal.SIG_DFL  # None: set in C
+                         for signum in SIGNALS}
+        for signum in SIGNALS:
+            signal.signal(signum, self._request)
+
+    def disarm(self) -> None:
+        """Signals act as before again (past the last point that checks for a request)."""
+        previous, self.previous = self.previous, {}
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+    def _request(self, signum: int, frame: object) -> None:
+        self.signum = signum
+        self.disarm()  # a second signal acts as it did before
+        name = signal.Signals(signum).name
+        _tell(f"lstmkit: {name}: stopping after this window with a checkpoint "
+              f"({name} again stops at once, keeping the last checkpoint)")
+
+
+@contextlib.contextmanager
+def stop_requests(enabled: bool) -> Iterator[StopRequests]:
+    """Stop requests to `arm` where training starts (if `enabled`, and in the main thread);
+    the handlers that were there before come back on the way out, if not at `disarm`."""
+    requests = StopRequests(enabled)
+    try:
+        yield requests
+    finally:
+        requests.disarm()
+
+
+def _tell(line: str) -> None:
+    """Straight to stderr's descriptor: a handler that printed through sys.stderr while the
+    interrupted code was writing to it would raise a reentrant-call error."""
+    with contextlib.suppress(OSError, ValueError):
+        start = "\n" if sys.stderr.isatty() else ""  # past a progress bar's line
+        os.write(sys.stderr.fileno(), f"{start}{line}\n".encode())

@@ -1,0 +1,69 @@
+"""Stop requests: a signal is noted (not acted on) while armed, the handlers come back after
+the first signal and on the way out, and nothing is armed where it must not be. The whole
+behaviour, a real run stopped and resumed, is in tests/lm/test_crash_resume.py."""
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from lstmkit.stopping import SIGNALS, StopRequested, stop_requests
+
+
+def _handlers() -> dict[int, object]:
+    return {signum: signal.getsignal(signum) for signum in SIGNALS}
+
+
+def _wait_for(requests) -> None:
+    deadline = time.monotonic() + 5
+    while not requests.requested and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+
+@pytest.mark.parametrize("signum", SIGNALS)
+def test_a_signal_is_noted_the_old_handler_returns_and_check_raises(signum):
+    before = _handlers()
+    with stop_requests(True) as requests:
+        requests.check(1, 5)  # nothing asked yet
+        requests.arm()
+        assert _handlers() != before
+        os.kill(os.getpid(), signum)
+        _wait_for(requests)
+        assert requests.requested
+        assert _handlers() == before, "a second signal must act as it did before"
+        with pytest.raises(StopRequested) as stop:
+            requests.check(2, 7)
+    assert stop.value.exit_status == 128 + signum
+    assert str(stop.value).startswith(f"stopped by {signal.Signals(signum).name} at epoch 2, "
+                                      f"step 7, with a checkpoint there")
+    assert _handlers() == before
+
+
+def test_the_handlers_come_back_on_the_way_out_and_at_disarm():
+    before = _handlers()
+    with stop_requests(True) as requests:
+        requests.arm()
+        requests.disarm()
+        assert _handlers() == before
+        requests.arm()
+    assert _handlers() == before
+
+
+def test_nothing_is_armed_where_disabled_or_off_the_main_thread():
+    before = _handlers()
+    with stop_requests(False) as requests:
+        requests.arm()
+        assert _handlers() == before
+    seen = []
+
+    def other_thread() -> None:
+        with stop_requests(True) as off_main:
+            off_main.arm()  # signal.signal would raise outside the main thread
+            seen.append(off_main.enabled)
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    thread.join()
+    assert seen == [False] and _handlers() == before
