@@ -218,7 +218,7 @@ def paired_quartiles(ours: list[float], base: list[float]) -> list[float]:
     ratios = [a / b for a, b in zip(ours, base, strict=True)]
     if len(ratios) < 2:
         return [round(ratios[0], 2)] * 3
-    q1, q2, q3 = statistics.quantiles(ratios, n=4)
+    q1, q2, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
     return [round(q1, 2), round(q2, 2), round(q3, 2)]
 
 

@@ -1,5 +1,5 @@
-"""Stop requests: a signal is noted (not acted on) while armed, the handlers come back after
-the first signal and on the way out, and nothing is armed where it must not be. The whole
+"""Stop requests: a signal is noted (not acted on) while armed, a second one acts as before,
+the handlers come back on the way out, and nothing is armed where it must not be. The whole
 behaviour, a real run stopped and resumed, is in tests/lm/test_crash_resume.py."""
 
 import os
@@ -23,7 +23,7 @@ def _wait_for(requests) -> None:
 
 
 @pytest.mark.parametrize("signum", SIGNALS)
-def test_a_signal_is_noted_the_old_handler_returns_and_check_raises(signum):
+def test_a_signal_is_noted_and_check_raises(signum):
     before = _handlers()
     with stop_requests(True) as requests:
         requests.check(1, 5)  # nothing asked yet
@@ -32,7 +32,6 @@ def test_a_signal_is_noted_the_old_handler_returns_and_check_raises(signum):
         os.kill(os.getpid(), signum)
         _wait_for(requests)
         assert requests.requested
-        assert _handlers() == before, "a second signal must act as it did before"
         with pytest.raises(StopRequested) as stop:
             requests.check(2, 7)
     assert stop.value.exit_status == 128 + signum
@@ -67,3 +66,28 @@ def test_nothing_is_armed_where_disabled_or_off_the_main_thread():
     thread.start()
     thread.join()
     assert seen == [False] and _handlers() == before
+
+
+def test_a_second_ctrl_c_interrupts_at_once_as_before():
+    before = _handlers()
+    with stop_requests(True) as requests:
+        requests.arm()
+        os.kill(os.getpid(), signal.SIGINT)
+        _wait_for(requests)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the interrupt arrives here
+    assert _handlers() == before
+
+
+def test_an_ignored_signal_stays_ignored():
+    """A background job's SIGINT is ignored: arming must not make Ctrl-C reach it."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with stop_requests(True) as requests:
+            requests.arm()
+            assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) != signal.SIG_DFL  # armed
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)

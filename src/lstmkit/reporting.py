@@ -65,6 +65,11 @@ class MetricsLog:
         except OSError as err:  # a full disk: the last checkpoint still marks a clean end
             raise UserError(f"{self.path}: cannot write ({err.strerror})") from None
 
+    def flush(self) -> None:
+        """Hand buffered TensorBoard scalars to their file (the JSON log is never buffered)."""
+        if self.scalars is not None:
+            self.scalars.flush()
+
     def close(self) -> None:
         if self.scalars is not None:
             self.scalars.close()
@@ -152,6 +157,9 @@ class ScalarWriter:
             within = step if isinstance(step, int) else self.steps_per_epoch
             self.last_step = (epoch - 1) * self.steps_per_epoch + within
         return self.last_step
+
+    def flush(self) -> None:
+        self.writer.flush()
 
     def close(self) -> None:
         self.writer.close()

@@ -5,7 +5,8 @@ asks the run to stop after the window it is in: it checkpoints that position (or
 epoch's last window, ends the epoch first) and exits, and `--resume` continues from there as
 if nothing had happened. Without this a signal kept only the last checkpoint: an epoch's work
 by default, which is hours for `large` on two cores. A second signal of either kind stops at
-once, as before (the last checkpoint stays intact).
+once, as before (the last checkpoint stays intact). Signals before training starts and during
+the final test evaluation act as before too.
 
 Only in the main thread of a single process that saves checkpoints: under torchrun the ranks
 would see a signal at different windows (and each must take part in a checkpoint), and a run
@@ -55,13 +56,15 @@ class StopRequests:
             raise StopRequested(self.signum, epoch, step)
 
     def arm(self) -> None:
-        """From here on (where enabled) SIGINT and SIGTERM request a stop."""
+        """From here on (where enabled) SIGINT and SIGTERM request a stop. A signal that is
+        ignored (a background job's SIGINT) or handled outside Python is left as it is."""
         if not self.enabled or self.previous:
             return
-        self.previous = {signum: signal.getsignal(signum) or signal.SIG_DFL  # None: set in C
-                         for signum in SIGNALS}
         for signum in SIGNALS:
-            signal.signal(signum, self._request)
+            handler = signal.getsignal(signum)
+            if handler is not None and handler != signal.SIG_IGN:
+                self.previous[signum] = handler
+                signal.signal(signum, self._request)
 
     def disarm(self) -> None:
         """Signals act as before again (past the last point that checks for a request)."""
@@ -70,11 +73,14 @@ class StopRequests:
             signal.signal(signum, handler)
 
     def _request(self, signum: int, frame: object) -> None:
+        if self.signum is not None:  # the second: as before, at once
+            self.disarm()
+            signal.raise_signal(signum)
+            return
         self.signum = signum
-        self.disarm()  # a second signal acts as it did before
         name = signal.Signals(signum).name
-        _tell(f"lstmkit: {name}: stopping after this window with a checkpoint "
-              f"({name} again stops at once, keeping the last checkpoint)")
+        _tell(f"lstmkit: {name}: stopping with a checkpoint once the window (or validation) in "
+              f"progress ends; another signal stops at once, keeping the last checkpoint")
 
 
 @contextlib.contextmanager

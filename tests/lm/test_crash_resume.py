@@ -116,7 +116,7 @@ def stop_by(signum: int, ptb: Path, run: Path, after_lines: int) -> tuple[int, i
     output = log.read_text()
     name = signal.Signals(signum).name
     assert code == 128 + signum, f"exited {code}:\n{output}"
-    assert f"lstmkit: {name}: stopping after this window with a checkpoint" in output, output
+    assert f"lstmkit: {name}: stopping with a checkpoint once the window" in output, output
     said = re.findall(rf"lstmkit: stopped by {name} at epoch (\d+), step (\d+), with a "
                       r"checkpoint there", output)
     assert len(said) == 1 and "Traceback" not in output, output
@@ -207,11 +207,12 @@ def test_sigterm_and_ctrl_c_stop_after_a_window_with_a_checkpoint_and_resume_bit
     ptb, windows = corpus
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     reference = uninterrupted(ptb, straight, epochs=2, flags=EPOCH_END_CHECKPOINTS)
-    # A few progress lines into epoch 1: without --checkpoint-every, only the stop itself can
-    # have written a checkpoint inside the epoch.
-    epoch, step = stop_by(signal.SIGTERM, ptb, stopped, after_lines=7)
+    # At the first progress line (a tenth into epoch 1): without --checkpoint-every, only the
+    # stop itself can have written a checkpoint inside the epoch.
+    epoch, step = stop_by(signal.SIGTERM, ptb, stopped, after_lines=5)
     assert epoch == 1 and 0 < step < windows
-    stop_by(signal.SIGINT, ptb, stopped, after_lines=9)  # Ctrl-C, once, in the resumed run
+    # Ctrl-C, once, at the resumed run's first progress line.
+    stop_by(signal.SIGINT, ptb, stopped, after_lines=6)
     finish(ptb, stopped, windows)
     check_reference(reference, straight)
     assert_same_run(straight, stopped)

@@ -282,6 +282,7 @@ def _train_in_run(config: LMConfig, data: TokenSplits, run: RunDir,
         save.checkpoint(progress, carried=None, best=improved)
         stops.check(progress.epoch, progress.step)
     stops.disarm()  # the test evaluation is the run's end: a signal stops it as before
+    stops.check(progress.epoch, progress.step)  # one that came after the last check
 
     with average.swapped_in():
         test = stream_perplexity(model, data.test, config.precision)
@@ -646,6 +647,7 @@ class _Saver:
         save_lm_checkpoint(self.run_dir / MODEL_FILE, self.model, self.config, self.data.vocab,
                            self.data.level, self.optimizer, progress, carried, rank_rng,
                            self.average.by_name())
+        self.metrics.flush()  # the TensorBoard scalars up to here, as the log has them
         if accept:
             self.run.accept()  # a replaced run's files may go now: this one can be resumed
 
