@@ -70,6 +70,13 @@ cores_and_threads() {
     echo "${cores:-?} cores, $threads threads"
 }
 
+# L2 and L3 sizes: whether a layer's weights fit in the cache sets much of the large model's speed.
+caches() {
+    local found
+    found=$(lscpu 2>/dev/null | sed -n 's/^\(L[23]\) cache: *\(.*\)/\1 \2/p' | paste -sd ';')
+    echo "${found//;/; }"
+}
+
 commit_line() {
     local commit
     if [[ $in_git == 0 ]]; then
@@ -111,6 +118,7 @@ redirect() { if [[ -n $append ]]; then cat >> "$1"; else cat > "$1"; fi; }
     echo "cpu: $(cpu_name)"
     echo "instruction sets: $(instruction_sets)"
     echo "cores: $(cores_and_threads)"
+    echo "caches: $(caches)"
     echo "OMP_NUM_THREADS: ${OMP_NUM_THREADS:-unset}"
     echo "memory: $(free -g | awk '/Mem:/ {print $2}') GiB"
     "$python" -c 'import platform, torch; print(f"python: {platform.python_version()}"); print(f"torch: {torch.__version__}, threads: {torch.get_num_threads()}")'

@@ -4,6 +4,7 @@ that is the code it ran, or refuses a tree with uncommitted changes unless told 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -58,6 +59,11 @@ def test_a_record_names_the_cpu_and_a_clean_commit_or_keeps_the_uncommitted_diff
     cpu = next(line for line in machine.splitlines() if line.startswith("cpu: "))
     assert cpu.endswith(")") and "(family " in cpu and ", model " in cpu, cpu
     sets = next(line for line in machine.splitlines() if line.startswith("instruction sets: "))
+    caches = next(line for line in machine.splitlines() if line.startswith("caches: "))
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout \
+        if shutil.which("lscpu") else ""
+    if "L3 cache:" in lscpu:
+        assert re.fullmatch(r"caches: L2 .+; L3 \d.+", caches), caches
     if Path("/proc/cpuinfo").exists():
         assert ("AVX2" in sets) == ("avx2" in cpu_flags())
         assert ("AVX-512" in sets) == ("avx512f" in cpu_flags())

@@ -1,14 +1,17 @@
 """Stop requests: a signal is noted (not acted on) while armed, a second one acts as before,
-the handlers come back on the way out, and nothing is armed where it must not be. The whole
+the handlers come back on the way out, nothing is armed where it must not be, and a hang-up
+sends the terminal's output to /dev/null. The whole
 behaviour, a real run stopped and resumed, is in tests/lm/test_crash_resume.py."""
 
 import os
+import pty
 import signal
 import threading
 import time
 
 import pytest
 
+from lstmkit import stopping
 from lstmkit.stopping import SIGNALS, StopRequested, stop_requests
 
 
@@ -23,7 +26,8 @@ def _wait_for(requests) -> None:
 
 
 @pytest.mark.parametrize("signum", SIGNALS)
-def test_a_signal_is_noted_and_check_raises(signum):
+def test_a_signal_is_noted_and_check_raises(signum, monkeypatch):
+    monkeypatch.setattr(stopping, "CONSOLE_FDS", ())  # a hang-up must not take pytest's
     before = _handlers()
     with stop_requests(True) as requests:
         requests.check(1, 5)  # nothing asked yet
@@ -91,3 +95,25 @@ def test_an_ignored_signal_stays_ignored():
         assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_a_hang_up_sends_what_went_to_the_terminal_to_dev_null(monkeypatch, tmp_path):
+    """After SIGHUP writing to the terminal fails (EIO): the run's console descriptors that
+    were a terminal must then write to /dev/null, the others stay where they were."""
+    controller, terminal = pty.openpty()
+    log = os.open(tmp_path / "log", os.O_WRONLY | os.O_CREAT)
+    monkeypatch.setattr(stopping, "CONSOLE_FDS", (terminal, log))
+    null = os.stat(os.devnull).st_rdev
+    try:
+        with stop_requests(True) as requests:
+            requests.arm()
+            assert os.fstat(terminal).st_rdev != null
+            os.kill(os.getpid(), signal.SIGHUP)
+            _wait_for(requests)
+            assert requests.requested
+        assert os.fstat(terminal).st_rdev == null
+        assert os.fstat(log).st_ino == (tmp_path / "log").stat().st_ino
+        os.write(terminal, b"still printing\n")  # no EIO
+    finally:
+        for fd in (controller, terminal, log):
+            os.close(fd)

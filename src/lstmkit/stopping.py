@@ -1,12 +1,14 @@
 """Stopping a training run where it is, with a checkpoint of that position.
 
-SIGINT (Ctrl-C) or SIGTERM (what `kill`, `timeout`, job schedulers and container stops send)
-asks the run to stop after the window it is in: it checkpoints that position (or, in the
+SIGINT (Ctrl-C), SIGTERM (what `kill`, `timeout`, job schedulers and container stops send) or
+SIGHUP (the terminal closed, an ssh connection dropped) asks the run to stop after the window it
+is in: it checkpoints that position (or, in the
 epoch's last window, ends the epoch first) and exits, and `--resume` continues from there as
 if nothing had happened. Without this a signal kept only the last checkpoint: an epoch's work
 by default, which is hours for `large` on two cores. A second signal of either kind stops at
 once, as before (the last checkpoint stays intact). Signals before training starts and during
-the final test evaluation act as before too.
+the final test evaluation act as before too. After a hang-up the terminal is gone and writing
+to it fails, so the console output that was going there goes to /dev/null from then on.
 
 Only in the main thread of a single process that saves checkpoints: under torchrun the ranks
 would see a signal at different windows (and each must take part in a checkpoint), and a run
@@ -22,7 +24,9 @@ import sys
 import threading
 from collections.abc import Iterator
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
+                if hasattr(signal, name))  # no SIGHUP on Windows
+CONSOLE_FDS = (1, 2)
 
 
 class StopRequested(Exception):
@@ -45,6 +49,7 @@ class StopRequests:
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
         self.signum: int | None = None
         self.previous: dict[int, object] = {}  # the handlers to put back
+        self.terminal_fds: list[int] = []  # stdout/stderr when they are a terminal
 
     @property
     def requested(self) -> bool:
@@ -56,10 +61,13 @@ class StopRequests:
             raise StopRequested(self.signum, epoch, step)
 
     def arm(self) -> None:
-        """From here on (where enabled) SIGINT and SIGTERM request a stop. A signal that is
-        ignored (a background job's SIGINT) or handled outside Python is left as it is."""
+        """From here on (where enabled) SIGINT, SIGTERM and SIGHUP request a stop. A signal
+        that is ignored (a background job's SIGINT, SIGHUP under nohup) or handled outside
+        Python is left as it is."""
         if not self.enabled or self.previous:
             return
+        # Asked now: after a hang-up a terminal no longer says it is one.
+        self.terminal_fds = [fd for fd in CONSOLE_FDS if _isatty(fd)]
         for signum in SIGNALS:
             handler = signal.getsignal(signum)
             if handler is not None and handler != signal.SIG_IGN:
@@ -78,6 +86,8 @@ class StopRequests:
             signal.raise_signal(signum)
             return
         self.signum = signum
+        if signum == getattr(signal, "SIGHUP", None):
+            _write_to_null(self.terminal_fds)  # the terminal is gone: writes would fail
         name = signal.Signals(signum).name
         _tell(f"lstmkit: {name}: stopping with a checkpoint once the window (or validation) in "
               f"progress ends; another signal stops at once, keeping the last checkpoint")
@@ -100,3 +110,23 @@ def _tell(line: str) -> None:
     with contextlib.suppress(OSError, ValueError):
         start = "\n" if sys.stderr.isatty() else ""  # past a progress bar's line
         os.write(sys.stderr.fileno(), f"{start}{line}\n".encode())
+
+
+def _isatty(fd: int) -> bool:
+    try:
+        return os.isatty(fd)
+    except OSError:
+        return False
+
+
+def _write_to_null(fds: list[int]) -> None:
+    """Point `fds` at /dev/null: what the run still prints (buffered text, progress, the
+    stop line) is dropped instead of failing with EIO in the middle of a window."""
+    if not fds:
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for fd in fds:
+            os.dup2(null, fd)
+    finally:
+        os.close(null)

@@ -6,14 +6,16 @@ after the temporary file is synced, before the rename), then resumed with `--res
 run finishes. Metrics (all but the timing field), weights, optimizer state and RNG state must
 equal those of one uninterrupted run with the same seed. Every resumed process must say it
 resumed at its checkpoint's position, and the last one must train only the windows left.
-SIGTERM and a single Ctrl-C instead stop a run after its window with a checkpoint there
-(lstmkit.stopping), which resumes to the same end.
+SIGTERM, a hang-up (SIGHUP, the terminal gone) and a single Ctrl-C instead stop a run after its
+window with a checkpoint there (lstmkit.stopping), which resumes to the same end.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pty
 import random
 import re
 import signal
@@ -49,7 +51,9 @@ class Kill:
 
 
 def start(ptb: Path, run: Path, log: Path, kill_in_save: int = 0, epochs: int = 2,
-          flags: list[str] = FLAGS) -> subprocess.Popen:
+          flags: list[str] = FLAGS, terminal: int | None = None) -> subprocess.Popen:
+    """A fresh run or, where a checkpoint is, a resume; its output goes to `log`, or to the
+    `terminal` descriptor where given."""
     resume = (["--resume"] if (run / "model.safetensors").exists()
               else [*flags, "--max-max-epoch", str(epochs)])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1",
@@ -60,7 +64,8 @@ def start(ptb: Path, run: Path, log: Path, kill_in_save: int = 0, epochs: int = 
     with open(log, "wb") as out:
         return subprocess.Popen([sys.executable, "-m", "lstmkit", "train", "--data-dir",
                                  str(ptb), "--save-path", str(run), *resume],
-                                stdout=out, stderr=subprocess.STDOUT, env=env)
+                                stdout=out if terminal is None else terminal,
+                                stderr=subprocess.STDOUT, env=env)
 
 
 def kill_at(proc: subprocess.Popen, log: Path, kill: Kill, rng: random.Random) -> int:
@@ -123,6 +128,29 @@ def stop_by(signum: int, ptb: Path, run: Path, after_lines: int) -> tuple[int, i
     position = int(said[0][0]), int(said[0][1])
     assert saved_position(run) == position, output
     assert before is None or position > before, f"{before} -> {position}"
+    assert not any(name.endswith(".tmp") for name in tree_files(run))
+    return position
+
+
+def hang_up(ptb: Path, run: Path, after_lines: int) -> tuple[int, int]:
+    """Resume the run on a terminal (a pseudo-terminal) and hang it up once `after_lines`
+    lines have come: SIGHUP, and the terminal's other end closed, so that writing to it fails
+    from then on (EIO). The run must still end its window, checkpoint that position and exit
+    as SIGHUP's status. Returns the position."""
+    before = saved_position(run)
+    controller, terminal = pty.openpty()
+    proc = start(ptb, run, next_log(run), flags=EPOCH_END_CHECKPOINTS, terminal=terminal)
+    os.close(terminal)
+    seen = b""
+    with contextlib.suppress(OSError):  # EIO: the run closed its end
+        while seen.count(b"\n") < after_lines and (chunk := os.read(controller, 4096)):
+            seen += chunk
+    proc.send_signal(signal.SIGHUP)
+    os.close(controller)
+    code = proc.wait(TIMEOUT)
+    assert code == 128 + signal.SIGHUP, f"exited {code}:\n{seen.decode()}"
+    position = saved_position(run)
+    assert before is not None and position > before, f"{before} -> {position}"
     assert not any(name.endswith(".tmp") for name in tree_files(run))
     return position
 
@@ -202,7 +230,7 @@ def test_killed_at_random_and_inside_the_last_write_resumes_bit_for_bit(corpus, 
     assert_same_run(straight, killed)
 
 
-def test_sigterm_and_ctrl_c_stop_after_a_window_with_a_checkpoint_and_resume_bit_for_bit(
+def test_sigterm_hangup_and_ctrl_c_stop_after_a_window_with_a_checkpoint_and_resume_bit_for_bit(
         corpus, tmp_path):
     ptb, windows = corpus
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
@@ -211,6 +239,8 @@ def test_sigterm_and_ctrl_c_stop_after_a_window_with_a_checkpoint_and_resume_bit
     # stop itself can have written a checkpoint inside the epoch.
     epoch, step = stop_by(signal.SIGTERM, ptb, stopped, after_lines=5)
     assert epoch == 1 and 0 < step < windows
+    # A hang-up at the resumed run's first progress line, with the output on a terminal.
+    assert hang_up(ptb, stopped, after_lines=6)[0] == 1
     # Ctrl-C, once, at the resumed run's first progress line.
     stop_by(signal.SIGINT, ptb, stopped, after_lines=6)
     finish(ptb, stopped, windows)

@@ -96,9 +96,9 @@ def train(source: TextSource, *, preset_name: str = "small",
     """`lstmkit train`: the config is the preset (or, with `resume`, the run's own), then the
     config file, then `overrides`; a fresh run refuses a `save_path` holding a run unless
     `overwrite`. `tensorboard`: a directory for TensorBoard event files of the metrics.
-    While it trains into a `save_path` in the main thread, SIGINT and SIGTERM (a notebook's
-    interrupt too) stop it after the window in progress with a checkpoint there, raising
-    lstmkit.stopping.StopRequested (see that module)."""
+    While it trains into a `save_path` in the main thread, SIGINT, SIGTERM and SIGHUP (a
+    notebook's interrupt too) stop it after the window in progress with a checkpoint there,
+    raising lstmkit.stopping.StopRequested (see that module)."""
     resumed = resumable_run(save_path, overwrite) if resume else None
     config = resumed.config if resumed is not None else preset(preset_name)
     if config_file:
