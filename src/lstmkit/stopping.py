@@ -1,14 +1,14 @@
 """Stopping a training run where it is, with a checkpoint of that position.
 
 SIGINT (Ctrl-C), SIGTERM (what `kill`, `timeout`, job schedulers and container stops send) or
-SIGHUP (the terminal closed, an ssh connection dropped) asks the run to stop after the window it
-is in: it checkpoints that position (or, in the
-epoch's last window, ends the epoch first) and exits, and `--resume` continues from there as
-if nothing had happened. Without this a signal kept only the last checkpoint: an epoch's work
-by default, which is hours for `large` on two cores. A second signal of either kind stops at
-once, as before (the last checkpoint stays intact). Signals before training starts and during
-the final test evaluation act as before too. After a hang-up the terminal is gone and writing
-to it fails, so the console output that was going there goes to /dev/null from then on.
+SIGHUP (the terminal closed, an ssh connection dropped) asks the run to stop after the window
+it is in: it checkpoints that position (or, in the epoch's last window, ends the epoch first)
+and exits, and `--resume` continues from there as if nothing had happened. Without this a
+signal kept only the last checkpoint: an epoch's work by default, which is hours for `large` on
+two cores. A second signal of any of them stops at once, as before (the last checkpoint stays
+intact). Signals before training starts and during the final test evaluation act as before
+too. After a hang-up the terminal is gone and writing to it fails, so the console output that
+was going there goes to /dev/null from then on.
 
 Only in the main thread of a single process that saves checkpoints: under torchrun the ranks
 would see a signal at different windows (and each must take part in a checkpoint), and a run
@@ -67,7 +67,7 @@ class StopRequests:
         if not self.enabled or self.previous:
             return
         # Asked now: after a hang-up a terminal no longer says it is one.
-        self.terminal_fds = [fd for fd in CONSOLE_FDS if _isatty(fd)]
+        self.terminal_fds = [fd for fd in CONSOLE_FDS if os.isatty(fd)]
         for signum in SIGNALS:
             handler = signal.getsignal(signum)
             if handler is not None and handler != signal.SIG_IGN:
@@ -110,13 +110,6 @@ def _tell(line: str) -> None:
     with contextlib.suppress(OSError, ValueError):
         start = "\n" if sys.stderr.isatty() else ""  # past a progress bar's line
         os.write(sys.stderr.fileno(), f"{start}{line}\n".encode())
-
-
-def _isatty(fd: int) -> bool:
-    try:
-        return os.isatty(fd)
-    except OSError:
-        return False
 
 
 def _write_to_null(fds: list[int]) -> None:
