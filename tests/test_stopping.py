@@ -1,7 +1,7 @@
 """Stop requests: a signal is noted (not acted on) while armed, a second one acts as before,
 the handlers come back on the way out, nothing is armed where it must not be, and a hang-up
-sends the terminal's output to /dev/null. The whole
-behaviour, a real run stopped and resumed, is in tests/lm/test_crash_resume.py."""
+sends the terminal's output to /dev/null. The whole behaviour, a real run stopped and resumed,
+is in tests/lm/test_crash_resume.py."""
 
 import os
 import pty

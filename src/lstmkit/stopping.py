@@ -24,8 +24,8 @@ import sys
 import threading
 from collections.abc import Iterator
 
-SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
-                if hasattr(signal, name))  # no SIGHUP on Windows
+HANGUP = getattr(signal, "SIGHUP", None)  # none on Windows
+SIGNALS = (signal.SIGINT, signal.SIGTERM, *([HANGUP] if HANGUP is not None else []))
 CONSOLE_FDS = (1, 2)
 
 
@@ -86,7 +86,7 @@ class StopRequests:
             signal.raise_signal(signum)
             return
         self.signum = signum
-        if signum == getattr(signal, "SIGHUP", None):
+        if signum == HANGUP:
             _write_to_null(self.terminal_fds)  # the terminal is gone: writes would fail
         name = signal.Signals(signum).name
         _tell(f"lstmkit: {name}: stopping with a checkpoint once the window (or validation) in "
@@ -115,8 +115,6 @@ def _tell(line: str) -> None:
 def _write_to_null(fds: list[int]) -> None:
     """Point `fds` at /dev/null: what the run still prints (buffered text, progress, the
     stop line) is dropped instead of failing with EIO in the middle of a window."""
-    if not fds:
-        return
     null = os.open(os.devnull, os.O_WRONLY)
     try:
         for fd in fds:

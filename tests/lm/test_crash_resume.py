@@ -126,9 +126,7 @@ def stop_by(signum: int, ptb: Path, run: Path, after_lines: int) -> tuple[int, i
                       r"checkpoint there", output)
     assert len(said) == 1 and "Traceback" not in output, output
     position = int(said[0][0]), int(said[0][1])
-    assert saved_position(run) == position, output
-    assert before is None or position > before, f"{before} -> {position}"
-    assert not any(name.endswith(".tmp") for name in tree_files(run))
+    assert checkpointed_past(run, before) == position, output
     return position
 
 
@@ -138,6 +136,7 @@ def hang_up(ptb: Path, run: Path, after_lines: int) -> tuple[int, int]:
     from then on (EIO). The run must still end its window, checkpoint that position and exit
     as SIGHUP's status. Returns the position."""
     before = saved_position(run)
+    assert before is not None, "nothing to resume"
     controller, terminal = pty.openpty()
     proc = start(ptb, run, next_log(run), flags=EPOCH_END_CHECKPOINTS, terminal=terminal)
     os.close(terminal)
@@ -149,8 +148,15 @@ def hang_up(ptb: Path, run: Path, after_lines: int) -> tuple[int, int]:
     os.close(controller)
     code = proc.wait(TIMEOUT)
     assert code == 128 + signal.SIGHUP, f"exited {code}:\n{seen.decode()}"
+    return checkpointed_past(run, before)
+
+
+def checkpointed_past(run: Path, before: tuple[int, int] | None) -> tuple[int, int]:
+    """The position of the run's checkpoint, which must lie past `before` (if any), with no
+    write left half done."""
     position = saved_position(run)
-    assert before is not None and position > before, f"{before} -> {position}"
+    assert position is not None and (before is None or position > before), \
+        f"{before} -> {position}"
     assert not any(name.endswith(".tmp") for name in tree_files(run))
     return position
 
