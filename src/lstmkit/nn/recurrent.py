@@ -176,8 +176,9 @@ def init_recurrent_(rnn: nn.RNNBase, init_scale: float, forget_bias: float,
 
     PyTorch keeps two bias vectors (b_ih + b_hh) where the LSTM equations have one; for the LSTM
     b_hh is zeroed (unless `zero_hidden_bias` is false, as PyTorch's own init leaves it) so the
-    effective bias is U(-s, s) as in the tutorial, and `forget_bias` is added to the
-    forget-gate slice (PyTorch's gate order is i, f, g, o).
+    effective bias is U(-s, s) like every other weight (the TF tutorial's BasicLSTMCell starts
+    its one bias at zero; Zaremba's code has two, each U(-s, s)), and `forget_bias` is added to
+    the forget-gate slice (PyTorch's gate order is i, f, g, o).
     """
     for name, param in rnn.named_parameters():
         nn.init.uniform_(param, -init_scale, init_scale)
