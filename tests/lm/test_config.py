@@ -56,6 +56,10 @@ def test_command_line_strings_are_coerced_to_field_types():
     ({"learning_rate": "nan"}, "cli: config field learning_rate must be a positive number"),
     ({"cell": "lstmx"}, "cli: config field cell must be one of lstm, gru, rnn, got 'lstmx'"),
     ({"num_layers": 2.5}, "cli: config field num_layers must be int, got 2.5"),
+    ({"init": "zaremba", "cell": "gru"},
+     "cli: config field init 'zaremba' says how the LSTM's biases start; it applies to the lstm "
+     "cell only (cell is gru)"),
+    ({"init": "xavier"}, "cli: config field init must be one of uniform, tutorial, zaremba, awd"),
 ])
 def test_invalid_override_is_one_line_naming_field(overrides, message):
     with pytest.raises(UserError) as err:

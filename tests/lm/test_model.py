@@ -22,6 +22,27 @@ def test_all_parameters_start_uniform_within_init_scale_and_lstm_has_one_bias():
             assert param.abs().max() > 0.02, f"{name} looks untouched by the uniform init"
 
 
+def test_tutorial_and_zaremba_inits_draw_the_same_weights_and_differ_only_in_the_biases():
+    """tutorial: both LSTM biases 0 (TF's BasicLSTMCell); zaremba: both uniform (his Torch
+    code); uniform: only b_ih. Everything else is the same draw, so a comparison of runs
+    isolates the biases."""
+    models = {}
+    for scheme in ("uniform", "tutorial", "zaremba"):
+        torch.manual_seed(0)
+        models[scheme] = dict(build_language_model(
+            small_config(init=scheme, init_scale=0.05), vocab_size=50).named_parameters())
+    for name, param in models["uniform"].items():
+        tutorial, zaremba = models["tutorial"][name], models["zaremba"][name]
+        if "bias_ih" in name or "bias_hh" in name:
+            assert torch.count_nonzero(tutorial) == 0, name
+            assert 0.02 < zaremba.abs().max() <= 0.05, name
+            if "bias_ih" in name:
+                assert torch.equal(zaremba, param), name
+        else:
+            assert torch.equal(tutorial, param) and torch.equal(zaremba, param), name
+    assert not torch.equal(models["zaremba"]["rnn.bias_hh_l0"], models["zaremba"]["rnn.bias_ih_l0"])
+
+
 def test_awd_init_starts_each_recurrent_layer_as_pytorch_and_the_output_bias_at_zero():
     """AWD-LSTM's: embedding within init_scale, recurrent layers of H units within 1/sqrt(H)
     (PyTorch's LSTM default, both biases included), output bias 0."""

@@ -22,7 +22,7 @@ from lstmkit.nn.recurrent import CELLS, LSTM_IMPLS
 
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("epochs", "linear", "cosine")
-INITS = ("uniform", "awd")
+INITS = ("uniform", "tutorial", "zaremba", "awd")
 ON_NAN = ("stop", "rollback")
 FLOAT32_MAX = 3.4028234663852886e38
 
@@ -50,9 +50,12 @@ class LMConfig:
     # 0 is the tutorial's choice; 1.0 is the common alternative
     forget_bias: float = described(0.0, "added to the LSTM forget gate's initial bias")
     init: str = described(
-        "uniform", "uniform: every weight starts in [-init_scale, init_scale] (the tutorial's); "
-        "awd: AWD-LSTM's: embedding and output weights in [-init_scale, init_scale], output "
-        "bias 0, a recurrent layer of H units in [-1/sqrt(H), 1/sqrt(H)]", INITS)
+        "uniform", "uniform: every weight starts in [-init_scale, init_scale], of the LSTM's two "
+        "bias vectors only the first (so the gate bias is uniform too); tutorial: the same, "
+        "both LSTM biases 0 (the TF tutorial's BasicLSTMCell); zaremba: the same, both LSTM "
+        "biases uniform (Zaremba's Torch code); the three draw the same weights. awd: "
+        "AWD-LSTM's: embedding and output weights in [-init_scale, init_scale], output bias 0, "
+        "a recurrent layer of H units in [-1/sqrt(H), 1/sqrt(H)]", INITS)
     lstm_impl: str = described(
         "auto", "the LSTM layer: lstmkit's own (native), oneDNN's nn.LSTM (onednn), or auto: "
         "ours where it measured faster (bf16 training; bf16 evaluation from hidden 1024)",
@@ -142,6 +145,10 @@ class LMConfig:
         if self.forget_bias and self.cell != "lstm":
             raise UserError(f"config field forget_bias applies to the lstm cell only "
                             f"(cell is {self.cell}); leave it at 0")
+        if self.init in ("tutorial", "zaremba") and self.cell != "lstm":
+            raise UserError(f"config field init {self.init!r} says how the LSTM's biases "
+                            f"start; it applies to the lstm cell only (cell is {self.cell}): "
+                            f"use uniform")
         check_seed(self.seed)
         self._check_regularisers()
 

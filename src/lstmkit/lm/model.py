@@ -149,16 +149,18 @@ class LanguageModel(nn.Module):
 
     def init_weights(self, init_scale: float, forget_bias: float = 0.0,
                      scheme: str = "uniform") -> None:
-        """`scheme` uniform: every weight U(-init_scale, init_scale), as the tutorial; awd:
-        AWD-LSTM's, the output bias 0 and each recurrent layer of H units U(-1/sqrt(H),
-        1/sqrt(H)), as PyTorch's own LSTM starts."""
+        """`scheme` uniform: every weight U(-init_scale, init_scale), the LSTM's second bias
+        zero; tutorial: the same, both LSTM biases zero (TF's BasicLSTMCell); zaremba: the same,
+        both LSTM biases uniform (Zaremba's Torch code); awd: AWD-LSTM's, the output bias 0 and
+        each recurrent layer of H units U(-1/sqrt(H), 1/sqrt(H)), as PyTorch's own LSTM
+        starts. The draws are the same for the first three: only the biases differ."""
         for param in (self.embedding.weight, self.decoder.weight, self.decoder.bias):
             nn.init.uniform_(param, -init_scale, init_scale)
         if scheme == "awd":
             nn.init.zeros_(self.decoder.bias)
         for rnn in self.recurrent_stacks():
             scale = rnn.hidden_size ** -0.5 if scheme == "awd" else init_scale
-            init_recurrent_(rnn, scale, forget_bias, zero_hidden_bias=scheme != "awd")
+            init_recurrent_(rnn, scale, forget_bias, _LSTM_BIASES[scheme])
 
     def recurrent_stacks(self) -> list[nn.Module]:
         """The recurrent stacks bottom-up: `rnn`, and `rnn_top` where the top layer has
@@ -253,6 +255,10 @@ class LanguageModel(nn.Module):
             return F.cross_entropy(logits, targets.reshape(-1), reduction="sum")
         return linear_cross_entropy(outputs.reshape(-1, outputs.size(-1)), self.decoder.weight,
                                     self.decoder.bias, targets.reshape(-1))
+
+
+# Which of PyTorch's two LSTM bias vectors each init scheme starts uniform (init_recurrent_).
+_LSTM_BIASES = {"uniform": "one", "tutorial": "zero", "zaremba": "two", "awd": "two"}
 
 
 def _padded(state: torch.Tensor, width: int) -> torch.Tensor:

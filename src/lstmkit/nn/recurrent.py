@@ -170,19 +170,25 @@ def _one_layer(rnn: nn.RNNBase, x: torch.Tensor, state: State, weights: list[tor
     return out, (h,)
 
 
+# init_recurrent_'s lstm_biases: the LSTM bias vectors that keep their uniform draw.
+_KEPT_BIASES = {"one": ("bias_ih",), "two": ("bias_ih", "bias_hh"), "zero": ()}
+
+
 def init_recurrent_(rnn: nn.RNNBase, init_scale: float, forget_bias: float,
-                    zero_hidden_bias: bool = True) -> None:
+                    lstm_biases: str = "one") -> None:
     """Uniform init in [-init_scale, init_scale].
 
-    PyTorch keeps two bias vectors (b_ih + b_hh) where the LSTM equations have one; for the LSTM
-    b_hh is zeroed (unless `zero_hidden_bias` is false, as PyTorch's own init leaves it) so the
-    effective bias is U(-s, s) like every other weight (the TF tutorial's BasicLSTMCell starts
-    its one bias at zero; Zaremba's code has two, each U(-s, s)), and `forget_bias` is added to
-    the forget-gate slice (PyTorch's gate order is i, f, g, o).
+    PyTorch's LSTM keeps two bias vectors (b_ih + b_hh) where the LSTM equations have one.
+    `lstm_biases` says which keep their draw: one (b_ih; b_hh zeroed, so the gate bias starts
+    U(-s, s) like every other weight), two (both, as Zaremba's Torch code and PyTorch's own init
+    start them) or zero (neither, as the TF tutorial's BasicLSTMCell starts its one bias).
+    Every parameter is drawn first, so the weights are the same whichever is chosen.
+    `forget_bias` is then added to the forget-gate slice (PyTorch's gate order is i, f, g, o).
     """
+    kept = _KEPT_BIASES[lstm_biases]
     for name, param in rnn.named_parameters():
         nn.init.uniform_(param, -init_scale, init_scale)
-        if zero_hidden_bias and isinstance(rnn, nn.LSTM) and name.startswith("bias_hh"):
+        if isinstance(rnn, nn.LSTM) and name.startswith("bias") and not name.startswith(kept):
             nn.init.zeros_(param)
     if isinstance(rnn, nn.LSTM) and forget_bias:
         hidden = rnn.hidden_size
