@@ -1,4 +1,4 @@
-"""fused_lstm against torch.nn.LSTM (oneDNN): one window through a 2-layer, batch-20 stack.
+"""fused_lstm against torch.nn.LSTM (oneDNN): one window through a 2-layer stack (batch 20).
 
 For each PTB shape (hidden, steps) = (200, 20), (650, 35), (1500, 35): forward + backward in
 training mode and forward only in eval mode (no grad), of nn.LSTM and of ours, in fp32 and
@@ -9,6 +9,7 @@ precision) with the median milliseconds and the machine.
     PYTHONPATH=src python bench/lstm_layer.py
     PYTHONPATH=src python bench/lstm_layer.py --shapes 650x35 --repeats 21
     PYTHONPATH=src python bench/lstm_layer.py --precisions fp32   # a CPU without native bf16
+    PYTHONPATH=src python bench/lstm_layer.py --modes eval --batch 1   # the stream's shape
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from torch import nn
 from lstmkit.nn.lstm import fused_lstm, lstm_weights, native_kernel
 from throughput import machine, parse_args
 
-LAYERS, BATCH = 2, 20
+LAYERS = 2
 
 
 def make_step(impl: str, precision: str, mode: str, rnn: nn.LSTM, x: torch.Tensor, state):
@@ -53,12 +54,12 @@ def make_step(impl: str, precision: str, mode: str, rnn: nn.LSTM, x: torch.Tenso
 
 
 def bench_shape(hidden: int, steps: int, mode: str, repeats: int, warmup: int,
-                precisions: list[str]) -> list[dict]:
+                precisions: list[str], batch: int = 20) -> list[dict]:
     torch.manual_seed(0)
     rnn = nn.LSTM(hidden, hidden, LAYERS, batch_first=True)
     rnn.train(mode == "train")
-    x = torch.randn(BATCH, steps, hidden, requires_grad=mode == "train")
-    state = (torch.zeros(LAYERS, BATCH, hidden), torch.zeros(LAYERS, BATCH, hidden))
+    x = torch.randn(batch, steps, hidden, requires_grad=mode == "train")
+    state = (torch.zeros(LAYERS, batch, hidden), torch.zeros(LAYERS, batch, hidden))
     variants = [(impl, prec) for prec in precisions for impl in ("nn.LSTM", "ours")]
     fns = {v: make_step(*v, mode, rnn, x, state) for v in variants}
     times: dict[tuple[str, str], list[float]] = {v: [] for v in variants}
@@ -73,7 +74,7 @@ def bench_shape(hidden: int, steps: int, mode: str, repeats: int, warmup: int,
     rows = []
     for (impl, prec), ts in times.items():
         rows.append({"shape": f"{hidden}x{steps}", "hidden": hidden, "steps": steps,
-                     "layers": LAYERS, "batch": BATCH, "mode": mode, "impl": impl,
+                     "layers": LAYERS, "batch": batch, "mode": mode, "impl": impl,
                      "precision": prec, "ms": round(statistics.median(ts) * 1e3, 2)})
     for prec in precisions:
         base = statistics.median(times[("nn.LSTM", prec)])
@@ -91,6 +92,8 @@ def main(argv=None) -> int:
     p.add_argument("--modes", nargs="+", default=["train", "eval"], choices=["train", "eval"])
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],
                    help="bf16 only where it is native: elsewhere it is emulated, 10-100x slower")
+    p.add_argument("--batch", type=int, default=20,
+                   help="rows (20: training; evaluation runs 10, the stream 1)")
     p.add_argument("--repeats", type=int, default=11)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -102,7 +105,7 @@ def main(argv=None) -> int:
         hidden, steps = (int(v) for v in shape.split("x"))
         for mode in args.modes:
             for row in bench_shape(hidden, steps, mode, args.repeats, args.warmup,
-                                   args.precisions):
+                                   args.precisions, args.batch):
                 print(json.dumps({**row, **where}), flush=True)
     return 0
 

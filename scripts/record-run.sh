@@ -7,7 +7,8 @@
 # A long run spans segments: a command with --resume continues the record of NAME, appending
 # its command, machine, log and wall time as "segment N" (each segment names its machine).
 # Stop a segment with Ctrl-C (SIGINT) or SIGTERM: the run checkpoints the window it is in
-# (lstmkit.stopping) and the segment's wall time is still written.
+# (lstmkit.stopping) and the segment's wall time is still written. A segment killed outright
+# (SIGKILL) writes none; the next segment records its span up to the run's last metrics line.
 #
 # A record names the commit it ran from, so the tree must be that commit: a tree with changes
 # (tracked or untracked) is refused. --allow-dirty records it anyway, with the changes beside
@@ -109,6 +110,38 @@ elif [[ -e $out ]]; then
     echo "record-run: results/$name exists; a fresh run does not replace a record" >&2
     exit 2
 fi
+# A segment killed outright (SIGKILL, a machine taken away) wrote no wall time. The next one
+# says so, with the span from that segment's start to the run's last metrics write (nothing has
+# written them since), so the record accounts for every segment.
+note_killed_segments() {
+    local written n started end
+    written=$(grep -c . "$out/wall_time.txt" 2>/dev/null || true)
+    for (( n = ${written:-0} + 1; n < segment; n++ )); do
+        started=$(awk -v s="segment $n" '$0 == s {getline; sub(/^date: /, ""); print; exit}' \
+                  "$out/machine.txt")
+        end=""
+        if (( n == segment - 1 )) && [[ -n $started && -f $run_dir/metrics.jsonl ]]; then
+            end=$(stat -c %Y "$run_dir/metrics.jsonl")
+        fi
+        "$python" - "$n" "$started" "$end" >> "$out/wall_time.txt" <<'PY'
+import sys
+from datetime import datetime, timezone
+n, started, end = sys.argv[1:]
+note = "it was killed before it could record one, so it has no exit status"
+begin = last = None
+if started and end:  # metrics older than the segment's start: it wrote none
+    begin = datetime.strptime(started, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    last = datetime.fromtimestamp(int(end), timezone.utc)
+if begin and last >= begin:
+    s = (last - begin).total_seconds()
+    print(f"segment {n}: wall time: about {s:.0f} s ({s / 60:.1f} min), from its start to the "
+          f"run's last metrics line ({last:%Y-%m-%dT%H:%M:%SZ}); {note}")
+else:
+    print(f"segment {n}: wall time unknown; {note}")
+PY
+    done
+}
+if [[ -n $append ]]; then note_killed_segments; fi
 mkdir -p "$out"
 redirect() { if [[ -n $append ]]; then cat >> "$1"; else cat > "$1"; fi; }
 { echo "segment $segment: $(printf '%q ' "$@")"; } | redirect "$out/command.txt"

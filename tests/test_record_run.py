@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,38 @@ def test_a_segment_stopped_with_sigterm_still_records_its_wall_time(repo):
     proc.send_signal(15)
     assert proc.wait(timeout=20) == 143  # the run's own status: ended by SIGTERM
     assert "exit status 143" in (out / "wall_time.txt").read_text()
+
+
+def test_a_segment_killed_outright_is_accounted_for_by_the_next(repo):
+    """SIGKILL leaves no wall time: the next segment writes it, up to the run's last metrics."""
+    assert run_script(repo, "killed", "echo", "first").returncode == 0
+    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen(["bash", str(repo / "scripts" / "record-run.sh"), "killed",
+                             str(repo / "run"), "--", "bash", "-c", "sleep 30", "--resume"],
+                            env=env, cwd=repo, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out = repo / "results" / "killed"
+    for _ in range(100):
+        if "segment 2\ndate: " in (out / "machine.txt").read_text():
+            break
+        subprocess.run(["sleep", "0.1"], check=True)
+    started = next(line for line in (out / "machine.txt").read_text().splitlines()[::-1]
+                   if line.startswith("date: "))
+    os.killpg(proc.pid, 9)
+    proc.wait(timeout=20)
+    metrics = repo / "run" / "metrics.jsonl"
+    metrics.parent.mkdir(exist_ok=True)
+    with open(repo / ".git" / "info" / "exclude", "a") as exclude:  # a run dir is no change
+        exclude.write("run/\n")
+    metrics.write_text('{"event": "progress"}\n')
+    begin = datetime.strptime(started, "date: %Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    os.utime(metrics, (begin.timestamp() + 754, begin.timestamp() + 754))
+
+    done = run_script(repo, "killed", "echo", "--resume", "third")
+    assert done.returncode == 0, done.stderr
+    walls = (out / "wall_time.txt").read_text().splitlines()
+    assert [w.split(":")[0] for w in walls] == ["segment 1", "segment 2", "segment 3"]
+    assert walls[1].startswith("segment 2: wall time: about 754 s (12.6 min), from its start"), \
+        walls[1]
+    assert "killed before it could record one" in walls[1]
+    assert (out / "metrics.jsonl").read_text() == metrics.read_text()
