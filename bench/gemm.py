@@ -9,6 +9,11 @@ instead of torch.mm's BLAS.
     python bench/gemm.py                      # small preset's shapes: 400 rows, 200 -> 10,000
     python bench/gemm.py --rows 700 --hidden 650
     python bench/gemm.py --rows 700 --hidden 650 --variants fp32 fp32_onednn --repeats 21
+    python bench/gemm.py --rows 700 --hidden 650 --layouts --repeats 11
+
+`--layouts` times the softmax layer's three bf16 products as training runs them in either
+layout of the logits: [N, V] (logits = h @ W.T, d hidden = G @ W, d weight = G.T @ h) and
+[V, N] (logits^T = W @ h.T, d hidden = G^T.T @ W, d weight = G^T @ h; nn/softmax.py).
 """
 
 from __future__ import annotations
@@ -76,6 +81,38 @@ def bench_product(left_shape, right_shape, transposed: bool, repeats: int,
     return result
 
 
+def layout_products(rows: int, hidden: int, vocab: int) -> dict[str, dict]:
+    """product -> {layout: (product, left, right)} in bf16, operands laid out as each layout
+    keeps them (G: d logits [N, V]; Gt: the same as [V, N])."""
+    torch.manual_seed(0)
+    h, w = torch.randn(rows, hidden).bfloat16(), torch.randn(vocab, hidden).bfloat16()
+    g = torch.randn(rows, vocab).bfloat16()
+    gt = g.t().contiguous()
+    return {
+        "logits": {"NV": (h, w.t()), "VN": (w, h.t())},
+        "d_hidden": {"NV": (g, w), "VN": (gt.t(), w)},
+        "d_weight": {"NV": (g.t(), h), "VN": (gt, h)},
+    }
+
+
+def bench_layouts(rows: int, hidden: int, vocab: int, repeats: int) -> list[dict]:
+    out = []
+    for name, layouts in layout_products(rows, hidden, vocab).items():
+        left, right = layouts["NV"]
+        flops = 2 * left.size(0) * left.size(1) * right.size(1)
+        times: dict[str, list[float]] = {layout: [] for layout in layouts}
+        order = list(layouts)
+        for r in range(repeats):  # alternate, so a noisy neighbour slows both alike
+            for layout in order if r % 2 == 0 else order[::-1]:
+                times[layout].append(median_seconds(torch.mm, *layouts[layout], 3))
+        ms = {layout: statistics.median(t) * 1e3 for layout, t in times.items()}
+        out.append({"product": name, "rows": rows, "hidden": hidden, "vocab": vocab,
+                    "dtype": "bf16", **{f"{k}_ms": round(v, 3) for k, v in ms.items()},
+                    **{f"{k}_gflops": round(flops / v / 1e6, 1) for k, v in ms.items()},
+                    "VN_over_NV": round(ms["NV"] / ms["VN"], 2)})
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=400, help="tokens per step (batch x num_steps)")
@@ -84,8 +121,14 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--variants", nargs="+", default=["fp32", "bf16"], choices=list(VARIANTS),
                    help="fp32 and bf16: torch.mm; fp32_onednn: oneDNN's matmul in fp32")
+    p.add_argument("--layouts", action="store_true",
+                   help="the softmax layer's bf16 products with the logits as [N, V] and [V, N]")
     args = parse_args(p, argv)
     where = machine()
+    if args.layouts:
+        for line in bench_layouts(args.rows, args.hidden, args.vocab, args.repeats):
+            print(json.dumps({**line, "machine": where}), flush=True)
+        return 0
     for name, (left, right, transposed) in products(args.rows, args.hidden, args.vocab).items():
         result = bench_product(left, right, transposed, args.repeats, args.variants)
         print(json.dumps({"product": name, "left": list(left), "right": list(right),

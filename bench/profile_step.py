@@ -27,6 +27,7 @@ def main() -> None:
     p.add_argument("--eval", action="store_true")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--rows", type=int, default=25)
+    p.add_argument("--shapes", action="store_true", help="one row per op and input shapes")
     p.add_argument("--runner", default="lstmkit", choices=["lstmkit", "plain_fp32", "plain_bf16"])
     args = parse_args(p)
     print(machine(), f"runner: {args.runner}")
@@ -42,10 +43,11 @@ def main() -> None:
     run = (lambda x, y: eval_step(x, y, None)) if args.eval else train_step
     for x, y in windows[:5]:
         run(x, y)
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=args.shapes) as prof:
         for x, y in windows[5:]:
             run(x, y)
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
+    table = prof.key_averages(group_by_input_shape=args.shapes)
+    print(table.table(sort_by="self_cpu_time_total", row_limit=args.rows))
 
 
 if __name__ == "__main__":

@@ -9,8 +9,10 @@ so a noisy machine slows all alike; we report medians, ratios of medians, and th
 of the ratios paired within each repetition (their spread is the machine's noise). The process
 keeps freed memory for reuse (lstmkit.allocator, as the lstmkit command does) unless
 --default-allocator: under glibc's defaults the baselines' speed swings by up to 3x between
-processes with where their buffers land. One JSON line per
-preset and cell, naming the CPU's instruction sets and the implementation that ran.
+processes with where their buffers land. Python's garbage collector leaves the objects that
+exist before the first measurement out of its scans (gc.freeze), for every runner alike, as the
+lstmkit command does while it trains. One JSON line per preset and cell, naming the CPU's
+instruction sets and the implementation that ran.
 
     python bench/throughput.py --presets small medium large --data-dir ../shared/data/ptb
     python bench/throughput.py --presets small --cells lstm gru --data-dir ../shared/data/ptb
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import platform
@@ -38,7 +41,8 @@ from lstmkit.lm.batching import batch_rows, bptt_windows
 from lstmkit.lm.config import preset
 from lstmkit.lm.evaluate import STREAM_NUM_STEPS
 from lstmkit.lm.model import build_language_model
-from lstmkit.lm.optim import clipped_step, gradient_norm, make_optimizer
+from lstmkit.lm.optim import clipped_step, gradient_norm, make_optimizer, row_sparse_ok
+from lstmkit.nn.embedding import collect_row_grads
 from lstmkit.nn.recurrent import detach_state
 
 RNN_MODULES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
@@ -113,6 +117,8 @@ def lstmkit_runner(config, vocab_size):
     model = build_language_model(config, vocab_size)
     params = list(model.parameters())
     opt = make_optimizer(config, model)
+    row_grads = collect_row_grads(model.embedding) if row_sparse_ok(config) and \
+        not model.tied() else None  # as the trainer (one process)
     state = [model.zero_state(config.batch_size)]
     device = torch.device("cpu")
 
@@ -122,8 +128,11 @@ def lstmkit_runner(config, vocab_size):
             nll, new = model.window_nll(x, y, detach_state(state[0]))
         cost = nll / config.batch_size
         opt.zero_grad(set_to_none=True)
+        if row_grads is not None:
+            row_grads.clear()
         cost.backward()
-        clipped_step(opt, gradient_norm(params), config.max_grad_norm)  # as the trainer
+        clipped_step(opt, gradient_norm(params, row_grads), config.max_grad_norm,
+                     row_grads=row_grads)  # as the trainer
         state[0] = new
         return cost.item()
 
@@ -239,7 +248,7 @@ def machine() -> dict:
             "cores": os.cpu_count(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(),
             "allocator": "freed memory kept (lstmkit.allocator)" if ALLOCATOR["kept"]
-            else "default"}
+            else "default", "gc": "frozen" if gc.get_freeze_count() else "default"}
 
 
 def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
@@ -268,6 +277,7 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=5)
     args = parse_args(p, argv)
     ids, vocab_size = corpus(args.data_dir)
+    gc.freeze()  # what exists now stays out of the collector's scans, as while lstmkit trains
     for name in args.presets:
         for cell in args.cells:
             print(json.dumps(bench_preset(name, cell, args, ids, vocab_size)), flush=True)

@@ -127,6 +127,19 @@ def test_an_unfused_optimizer_clips_its_gradients_before_the_step():
     assert _same(ours, reference)
 
 
+def test_the_gradient_norm_is_close_to_the_float64_one_on_millions_of_gradients():
+    torch.manual_seed(0)
+    params = [nn.Parameter(torch.zeros(n)) for n in (6_500_000, 1_700_000, 2600)]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    exact = sum(float((p.grad.double() ** 2).sum()) for p in params) ** 0.5
+    # torch.linalg.vector_norm's fp32 sum lands ~1e-4 away here
+    assert float(gradient_norm(params)) == pytest.approx(exact, rel=1e-5)
+    for p, value in zip(params, (float("inf"), 1.0, float("nan")), strict=True):
+        p.grad[0] = value
+    assert not torch.isfinite(gradient_norm(params))
+
+
 def test_the_norm_of_no_gradients_is_zero():
     assert float(gradient_norm([nn.Parameter(torch.ones(3))])) == 0.0
 

@@ -120,3 +120,43 @@ def test_the_plain_path_gives_what_the_kernel_path_gives(dtype, monkeypatch):
     assert with_kernel[1].item() == pytest.approx(without[1].item(), rel=1e-5)
     for a, b in zip(with_kernel[3], without[3], strict=True):
         assert ((a - b).norm() / b.norm()).item() < (1e-5 if dtype == torch.float32 else 1e-2)
+
+
+def _column_kernel_or_skip():
+    kernel = _kernel_or_skip()
+    if not kernel.has_columns:
+        pytest.skip("the column kernel is built for AVX-512 CPUs only (where bf16 is native)")
+    return kernel
+
+
+@pytest.mark.parametrize("rows,vocab", [(37, 101), (16, 7), (5, 3), (133, 10_000)])
+def test_the_column_kernel_equals_the_plain_torch_contract(rows, vocab):
+    """softmax_xent_columns_ on logits^T [V, N] (bf16) against plain_softmax_xent_ on the
+    logits [N, V], within the row kernel's bf16 tolerances; rows that are not a multiple of
+    the 16 columns a group takes."""
+    from lstmkit.nn.softmax import plain_softmax_xent_
+    kernel = _column_kernel_or_skip()
+    g = torch.Generator().manual_seed(vocab)
+    logits = (torch.randn(rows, vocab, generator=g) * 4).bfloat16()
+    bias = torch.randn(vocab, generator=g)
+    targets = torch.randint(0, vocab, (rows,), generator=g)
+    plain = logits.clone()
+    nll_ref, grad_bias_ref = plain_softmax_xent_(plain, bias, targets, True)
+    transposed = logits.t().contiguous()
+    nll, grad_bias = kernel.softmax_xent_columns_(transposed, bias, targets)
+    # each column sums its V terms in four running sums, not a tree: ~1e-5 at V = 10k
+    torch.testing.assert_close(nll, nll_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(transposed.t().float(), plain.float(), rtol=2.0 ** -7, atol=1e-5)
+    torch.testing.assert_close(grad_bias, grad_bias_ref, rtol=1e-5, atol=1e-5)
+
+
+def test_training_in_either_layout_gives_the_same_loss_and_gradients(monkeypatch):
+    """bf16 training with the logits as [V, N] (the column kernel) and as [N, V]."""
+    from lstmkit.nn import softmax
+    _column_kernel_or_skip()
+    columns = plain_and_fused(torch.bfloat16, 133)
+    monkeypatch.setattr(softmax, "_columns_kernel", lambda h: None)
+    rows = plain_and_fused(torch.bfloat16, 133)
+    assert columns[1].item() == pytest.approx(rows[1].item(), rel=1e-5)
+    for a, b in zip(columns[3], rows[3], strict=True):
+        assert ((a - b).norm() / b.norm()).item() < 1e-2

@@ -28,6 +28,7 @@ from lstmkit.nn.dropout import (
     locked_dropout,
     weight_drop,
 )
+from lstmkit.nn.embedding import Embedding
 from lstmkit.nn.recurrent import (
     LayerHooks,
     State,
@@ -119,7 +120,7 @@ class LanguageModel(nn.Module):
         self.regularisers = regularisers  # train-time only; not parameters either
         drop = 1.0 - keep_prob
         sizes = shape.layer_sizes()
-        self.embedding = nn.Embedding(shape.vocab_size, shape.embedding_width)
+        self.embedding = Embedding(shape.vocab_size, shape.embedding_width)
         self.input_dropout = Dropout(drop)
         # One stack where every layer has one size; otherwise the layers below and, as a stack
         # of its own, a top layer of the embedding's size (AWD-LSTM's tied model).

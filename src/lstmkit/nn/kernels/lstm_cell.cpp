@@ -279,64 +279,91 @@ inline void brgemm_done(const float*) {}
 inline void brgemm_done(const uint16_t*) { at::native::cpublas::brgemm_release(true); }
 
 template <typename T>
-inline int64_t b_index(int64_t k, int64_t n, int64_t ldb) {
-  if constexpr (std::is_same_v<T, uint16_t>) {
-    return ((k >> 1) * ldb + n) * 2 + (k & 1);
-  } else {
-    return k * ldb + n;
-  }
-}
-
-template <typename T>
 inline int64_t k_padded(int64_t K) {
   return std::is_same_v<T, uint16_t> ? (K + 1) / 2 * 2 : K;
 }
 
-// Forward panels: block nb is B[k, kk * NB + u] = W[kk * H + nb * NB + u, k], K = Kp rows
-// (zero beyond H), N = 4 NB columns (zero beyond unit H).
 inline uint16_t convert(float v, uint16_t*) { return float_to_bf16(v); }
 inline uint16_t convert(uint16_t v, uint16_t*) { return v; }
 inline float convert(float v, float*) { return v; }
 
+// Two consecutive k's of a bf16 panel (k even, k + 1) as the one 32-bit word they share.
+template <typename S>
+inline uint32_t bf16_pair(S k_even, S k_odd) {
+  return convert(k_even, static_cast<uint16_t*>(nullptr)) |
+         static_cast<uint32_t>(convert(k_odd, static_cast<uint16_t*>(nullptr))) << 16;
+}
+
+// Forward panels: block nb is B[k, kk * NB + u] = W[kk * H + nb * NB + u, k], K = Kp rows
+// (zero beyond H), N = 4 NB columns (zero beyond unit H). A transpose: W's rows are read along
+// k and written down the panel's columns n, in bf16 a pair of k's per 32-bit word. Panel rows
+// lie N words (1 KB at NB = 64) apart, so a column's writes fall in a few L1 sets: a tile of
+// kTile k's at a time keeps the lines being written few enough to stay in L1.
+// Each panel is packed by a function of its own, not in parallel_for's lambda: there g++
+// compiled loops like these (kernels/dropout.cpp's) several times slower.
+constexpr int64_t kTile = 32;
+
 template <typename T, typename S>
-at::Tensor pack_forward(const S* W, int64_t H, int64_t NB, int64_t nblk, int64_t Kp,
-                        at::TensorOptions opts) {
-  const int64_t N = 4 * NB, panel = Kp * N;
-  at::Tensor out = at::zeros({nblk * panel}, opts);
-  T* P = reinterpret_cast<T*>(out.data_ptr());
-  at::parallel_for(0, nblk, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t nb = b0; nb < b1; ++nb) {
-      T* pan = P + nb * panel;
-      for (int64_t kk = 0; kk < 4; ++kk) {
-        for (int64_t u = 0; u < NB; ++u) {
-          const int64_t j = nb * NB + u;
-          if (j >= H) break;
-          const S* row = W + (kk * H + j) * H;
-          const int64_t n = kk * NB + u;
-          for (int64_t k = 0; k < H; ++k) pan[b_index<T>(k, n, N)] = convert(row[k], pan);
+void pack_forward_panel(const S* W, T* pan, int64_t H, int64_t NB, int64_t nb) {
+  const int64_t N = 4 * NB;
+  for (int64_t k0 = 0; k0 < H; k0 += kTile) {
+    const int64_t k1 = std::min(H, k0 + kTile);
+    for (int64_t kk = 0; kk < 4; ++kk) {
+      for (int64_t u = 0; u < NB && nb * NB + u < H; ++u) {
+        const S* row = W + (kk * H + nb * NB + u) * H;
+        const int64_t n = kk * NB + u;
+        if constexpr (std::is_same_v<T, uint16_t>) {
+          uint32_t* out = reinterpret_cast<uint32_t*>(pan) + (k0 / 2) * N + n;
+          int64_t k = k0;
+          for (; k + 1 < k1; k += 2, out += N) *out = bf16_pair(row[k], row[k + 1]);
+          if (k < k1) *out = convert(row[k], pan);  // odd H: k = H is the zero padding
+        } else {
+          for (int64_t k = k0; k < k1; ++k) pan[k * N + n] = convert(row[k], pan);
         }
       }
     }
+  }
+}
+
+template <typename T, typename S>
+at::Tensor pack_forward(const S* W, int64_t H, int64_t NB, int64_t nblk, int64_t Kp,
+                        at::TensorOptions opts) {
+  const int64_t panel = Kp * 4 * NB;
+  at::Tensor out = at::zeros({nblk * panel}, opts);
+  T* P = reinterpret_cast<T*>(out.data_ptr());
+  at::parallel_for(0, nblk, 1, [=](int64_t b0, int64_t b1) {
+    for (int64_t nb = b0; nb < b1; ++nb) pack_forward_panel(W, P + nb * panel, H, NB, nb);
   });
   return out;
 }
 
-// Backward panels: block nb is B[k, u] = W[k, nb * NB + u] for k < 4H, N = NB columns.
+// Backward panels: block nb is B[k, u] = W[k, nb * NB + u] for k < 4H (even), N = NB columns.
+template <typename T, typename S>
+void pack_backward_panel(const S* W, T* pan, int64_t H, int64_t NB, int64_t nb) {
+  const int64_t K = 4 * H, width = std::min(NB, H - nb * NB);
+  if constexpr (std::is_same_v<T, uint16_t>) {
+    uint32_t* out = reinterpret_cast<uint32_t*>(pan);
+    for (int64_t k = 0; k < K; k += 2, out += NB) {
+      const S* even = W + k * H + nb * NB;
+      const S* odd = even + H;
+      for (int64_t u = 0; u < width; ++u) out[u] = bf16_pair(even[u], odd[u]);
+    }
+  } else {
+    for (int64_t k = 0; k < K; ++k) {
+      const S* row = W + k * H + nb * NB;
+      for (int64_t u = 0; u < width; ++u) pan[k * NB + u] = convert(row[u], pan);
+    }
+  }
+}
+
 template <typename T, typename S>
 at::Tensor pack_backward(const S* W, int64_t H, int64_t NB, int64_t nblk,
                          at::TensorOptions opts) {
-  const int64_t K = 4 * H, panel = K * NB;
+  const int64_t panel = 4 * H * NB;
   at::Tensor out = at::zeros({nblk * panel}, opts);
   T* P = reinterpret_cast<T*>(out.data_ptr());
-  at::parallel_for(0, nblk, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t nb = b0; nb < b1; ++nb) {
-      T* pan = P + nb * panel;
-      const int64_t width = std::min(NB, H - nb * NB);
-      for (int64_t k = 0; k < K; ++k) {
-        const S* row = W + k * H + nb * NB;
-        for (int64_t u = 0; u < width; ++u) pan[b_index<T>(k, u, NB)] = convert(row[u], pan);
-      }
-    }
+  at::parallel_for(0, nblk, 1, [=](int64_t b0, int64_t b1) {
+    for (int64_t nb = b0; nb < b1; ++nb) pack_backward_panel(W, P + nb * panel, H, NB, nb);
   });
   return out;
 }

@@ -13,6 +13,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -156,6 +157,106 @@ void rows_xent(T* logits, const float* bias, const int64_t* targets, int64_t N, 
   });
 }
 
+#ifdef LSTMKIT_AVX512
+
+// The same in the transposed layout: logits^T [V, N] bf16, column n holding row n's logits.
+// At the shapes of training (N = batch x steps in the hundreds, V = 10k) bf16 products with
+// the [V, N] layout ran the logits and the weight gradient about 2x faster than with [N, V]
+// (the library's products with a transposed left operand were the slow ones); this kernel is
+// what makes that layout usable. Columns go in groups of 16: a group's V rows (320 KB of bf16
+// at V = 10k) and their exp (640 KB of fp32 scratch) stay in L2 through three passes: max,
+// exp and its sum, softmax - onehot written back. Returns nll per column in `nll`; adds the
+// group's softmax to gbias[v].
+constexpr int64_t kColumns = 16;
+
+void column_group_xent(uint16_t* lt, const float* bias, const int64_t* targets, int64_t V,
+                       int64_t N, int64_t n0, float* nll, float* gbias, float* scratch) {
+  const int64_t width = std::min(kColumns, N - n0);
+  const __mmask16 m = tail_mask(width);
+  __m512 vmax = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  for (int64_t v = 0; v < V; ++v) {
+    __m512 x = _mm512_add_ps(load16(lt + v * N + n0, m), _mm512_set1_ps(bias[v]));
+    vmax = _mm512_mask_max_ps(vmax, m, vmax, x);
+  }
+  // Four running sums over rows v % 4 (unrolled, so they stay in registers): shorter
+  // dependency chains, and less rounding error than one sum over all V.
+  auto exp_at = [&](int64_t v) {
+    __m512 x = _mm512_add_ps(load16(lt + v * N + n0, m), _mm512_set1_ps(bias[v]));
+    __m512 e = _mm512_maskz_mov_ps(m, exp16(_mm512_sub_ps(x, vmax)));
+    _mm512_storeu_ps(scratch + v * kColumns, e);
+    return e;
+  };
+  __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+  int64_t v = 0;
+  for (; v + 4 <= V; v += 4) {
+    s0 = _mm512_add_ps(s0, exp_at(v));
+    s1 = _mm512_add_ps(s1, exp_at(v + 1));
+    s2 = _mm512_add_ps(s2, exp_at(v + 2));
+    s3 = _mm512_add_ps(s3, exp_at(v + 3));
+  }
+  for (; v < V; ++v) s0 = _mm512_add_ps(s0, exp_at(v));
+  const __m512 vsum = _mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3));
+  alignas(64) float mx[kColumns], sum[kColumns];
+  _mm512_store_ps(mx, vmax);
+  _mm512_store_ps(sum, vsum);
+  for (int64_t c = 0; c < width; ++c) {  // before the column is overwritten
+    const int64_t t = targets[n0 + c];
+    nll[n0 + c] = std::log(sum[c]) + mx[c] - (to_float(lt[t * N + n0 + c]) + bias[t]);
+  }
+  const __m512 inv = _mm512_div_ps(_mm512_set1_ps(1.0f), vsum);
+  for (int64_t v = 0; v < V; ++v) {
+    __m512 p = _mm512_maskz_mul_ps(m, _mm512_loadu_ps(scratch + v * kColumns), inv);
+    store16(lt + v * N + n0, p, m);
+    gbias[v] += _mm512_reduce_add_ps(p);
+  }
+  for (int64_t c = 0; c < width; ++c) {
+    const int64_t t = targets[n0 + c];
+    from_float(lt + t * N + n0 + c, scratch[t * kColumns + c] / sum[c] - 1.0f);
+    gbias[t] -= 1.0f;
+  }
+}
+
+void column_groups_xent(uint16_t* lt, const float* bias, const int64_t* targets, int64_t V,
+                        int64_t N, float* nll, float* gbias_per_thread) {
+  const int64_t groups = (N + kColumns - 1) / kColumns;
+  at::parallel_for(0, groups, 1, [=](int64_t begin, int64_t end) {
+    float* gbias = gbias_per_thread + at::get_thread_num() * V;
+    std::vector<float> scratch(static_cast<size_t>(V) * kColumns);
+    for (int64_t g = begin; g < end; ++g)
+      column_group_xent(lt, bias, targets, V, N, g * kColumns, nll, gbias, scratch.data());
+  });
+}
+
+#endif
+
+// softmax_xent_ on logits^T [V, N] (bf16), always with the gradient; AVX-512 builds only
+// (`has_columns`): bf16 products are native on no CPU without it.
+std::vector<at::Tensor> softmax_xent_columns_(at::Tensor lt, at::Tensor bias,
+                                              at::Tensor targets) {
+  TORCH_CHECK(lt.dim() == 2 && lt.is_contiguous() && lt.device().is_cpu() &&
+                  lt.scalar_type() == at::kBFloat16,
+              "logits^T must be a contiguous 2-D bfloat16 CPU tensor");
+  TORCH_CHECK(bias.scalar_type() == at::kFloat && bias.is_contiguous(), "bias must be float32");
+  TORCH_CHECK(targets.scalar_type() == at::kLong && targets.is_contiguous(),
+              "targets must be int64");
+  const int64_t V = lt.size(0), N = lt.size(1);
+  TORCH_CHECK(bias.numel() == V && targets.numel() == N, "shape mismatch");
+  if (N > 0) {
+    TORCH_CHECK(targets.min().item<int64_t>() >= 0 && targets.max().item<int64_t>() < V,
+                "target out of range [0, ", V, ")");
+  }
+  at::Tensor nll = at::empty({N}, bias.options());
+  at::Tensor partial = at::zeros({at::get_num_threads(), V}, bias.options());
+#ifdef LSTMKIT_AVX512
+  column_groups_xent(reinterpret_cast<uint16_t*>(lt.data_ptr<at::BFloat16>()),
+                     bias.data_ptr<float>(), targets.data_ptr<int64_t>(), V, N,
+                     nll.data_ptr<float>(), partial.data_ptr<float>());
+#else
+  TORCH_CHECK(false, "softmax_xent_columns_ needs an AVX-512 build");
+#endif
+  return {nll, partial.sum(0)};
+}
+
 // Returns (nll per row [N] fp32, bias gradient [V] fp32 or an empty tensor).
 std::vector<at::Tensor> softmax_xent_(at::Tensor logits, at::Tensor bias, at::Tensor targets,
                                       bool want_grad) {
@@ -192,4 +293,11 @@ std::vector<at::Tensor> softmax_xent_(at::Tensor logits, at::Tensor bias, at::Te
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("softmax_xent_", &softmax_xent_,
         "Per-row softmax cross-entropy; with want_grad, logits become softmax - onehot.");
+  m.def("softmax_xent_columns_", &softmax_xent_columns_,
+        "softmax_xent_ with the gradient on logits^T [V, N] in bf16 (AVX-512 builds).");
+#ifdef LSTMKIT_AVX512
+  m.attr("has_columns") = true;
+#else
+  m.attr("has_columns") = false;
+#endif
 }
