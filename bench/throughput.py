@@ -42,6 +42,7 @@ from lstmkit.lm.config import preset
 from lstmkit.lm.evaluate import STREAM_NUM_STEPS
 from lstmkit.lm.model import build_language_model
 from lstmkit.lm.optim import clipped_step, gradient_norm, make_optimizer, row_sparse_ok
+from lstmkit.nn import softmax
 from lstmkit.nn.embedding import collect_row_grads
 from lstmkit.nn.recurrent import detach_state
 
@@ -275,7 +276,10 @@ def main(argv=None) -> int:
                    help="training windows per repetition for large (a window takes seconds)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--logits-rows", action="store_true",
+                   help="lstmkit's bf16 training with the logits as [N, V], not [V, N]")
     args = parse_args(p, argv)
+    softmax.TRANSPOSED_LOGITS = not args.logits_rows
     ids, vocab_size = corpus(args.data_dir)
     gc.freeze()  # what exists now stays out of the collector's scans, as while lstmkit trains
     for name in args.presets:

@@ -160,3 +160,14 @@ def test_training_in_either_layout_gives_the_same_loss_and_gradients(monkeypatch
     assert columns[1].item() == pytest.approx(rows[1].item(), rel=1e-5)
     for a, b in zip(columns[3], rows[3], strict=True):
         assert ((a - b).norm() / b.norm()).item() < 1e-2
+
+
+def test_the_logits_layout_named_is_the_one_training_takes(monkeypatch):
+    from lstmkit.nn import kernels, softmax
+    cpu = torch.device("cpu")
+    assert softmax.training_logits_layout(cpu, "fp32") == "[N, V]"
+    kernel = kernels.softmax_xent()
+    columns = kernel is not None and kernel.has_columns
+    assert (softmax.training_logits_layout(cpu, "bf16") == "[V, N] (column kernel)") == columns
+    monkeypatch.setattr(softmax, "TRANSPOSED_LOGITS", False)
+    assert softmax.training_logits_layout(cpu, "bf16") == "[N, V]"

@@ -65,9 +65,8 @@ def gradient_norm(params: list[torch.Tensor], row_grads: RowGrads | None = None
 
 
 def _sum_of_squares(grad: torch.Tensor) -> torch.Tensor:
-    """By BLAS's dot product: at PTB `medium` it took half the time of vector_norm and was
-    closer to the float64 sum (relative error 2e-6 against vector_norm's 1e-4 on 13M random
-    floats)."""
+    """By BLAS's dot product, one pass: faster than vector_norm here and nearer the float64
+    sum (2e-6 against vector_norm's 1e-4 relative on 8M random floats, tests/lm/test_optim.py)."""
     flat = grad.reshape(-1).float()
     return torch.dot(flat, flat)
 

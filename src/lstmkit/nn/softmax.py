@@ -21,6 +21,8 @@ from lstmkit.nn import kernels
 from lstmkit.nn.products import mm_t, t_mm
 
 CHUNK_ELEMENTS = 1 << 23  # logits per product when no gradient is kept (bounds eval memory)
+TRANSPOSED_LOGITS = True  # bf16 training's [V, N] layout (see _columns_kernel); a switch for
+#                           measuring against the [N, V] one (bench/throughput.py --logits-rows)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -59,12 +61,19 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 (grad_bias * grad_total).to(bias_dtype), None, None)
 
 
+def training_logits_layout(device: torch.device, precision: str) -> str:
+    """For run headers and benchmarks: how training lays out the logits here."""
+    probe = torch.empty(0, dtype=torch.bfloat16 if precision == "bf16" else torch.float32,
+                        device=device)
+    return "[V, N] (column kernel)" if _columns_kernel(probe) else "[N, V]"
+
+
 def _columns_kernel(h: torch.Tensor) -> ModuleType | None:
     """The kernel, where training takes the transposed layout: bf16 on a CPU whose build has
     the column kernel (AVX-512). On an AMX Xeon the three bf16 products took 0.64-0.8x the time
     there at the small, medium and large shapes (logits 1.6x, weight gradient 2-2.3x faster,
     d hidden 0.6-1.3x; bench/gemm.py --layouts); in fp32 the row layout stays."""
-    if h.dtype != torch.bfloat16 or h.device.type != "cpu":
+    if not TRANSPOSED_LOGITS or h.dtype != torch.bfloat16 or h.device.type != "cpu":
         return None
     kernel = kernels.softmax_xent()
     return kernel if kernel is not None and kernel.has_columns else None

@@ -229,6 +229,19 @@ void column_groups_xent(uint16_t* lt, const float* bias, const int64_t* targets,
 
 #endif
 
+// bias fp32 [V], targets int64 [N], each in [0, V).
+void check_bias_and_targets(const at::Tensor& bias, const at::Tensor& targets, int64_t V,
+                            int64_t N) {
+  TORCH_CHECK(bias.scalar_type() == at::kFloat && bias.is_contiguous(), "bias must be float32");
+  TORCH_CHECK(targets.scalar_type() == at::kLong && targets.is_contiguous(),
+              "targets must be int64");
+  TORCH_CHECK(bias.numel() == V && targets.numel() == N, "shape mismatch");
+  if (N > 0) {
+    TORCH_CHECK(targets.min().item<int64_t>() >= 0 && targets.max().item<int64_t>() < V,
+                "target out of range [0, ", V, ")");
+  }
+}
+
 // softmax_xent_ on logits^T [V, N] (bf16), always with the gradient; AVX-512 builds only
 // (`has_columns`): bf16 products are native on no CPU without it.
 std::vector<at::Tensor> softmax_xent_columns_(at::Tensor lt, at::Tensor bias,
@@ -236,15 +249,8 @@ std::vector<at::Tensor> softmax_xent_columns_(at::Tensor lt, at::Tensor bias,
   TORCH_CHECK(lt.dim() == 2 && lt.is_contiguous() && lt.device().is_cpu() &&
                   lt.scalar_type() == at::kBFloat16,
               "logits^T must be a contiguous 2-D bfloat16 CPU tensor");
-  TORCH_CHECK(bias.scalar_type() == at::kFloat && bias.is_contiguous(), "bias must be float32");
-  TORCH_CHECK(targets.scalar_type() == at::kLong && targets.is_contiguous(),
-              "targets must be int64");
   const int64_t V = lt.size(0), N = lt.size(1);
-  TORCH_CHECK(bias.numel() == V && targets.numel() == N, "shape mismatch");
-  if (N > 0) {
-    TORCH_CHECK(targets.min().item<int64_t>() >= 0 && targets.max().item<int64_t>() < V,
-                "target out of range [0, ", V, ")");
-  }
+  check_bias_and_targets(bias, targets, V, N);
   at::Tensor nll = at::empty({N}, bias.options());
   at::Tensor partial = at::zeros({at::get_num_threads(), V}, bias.options());
 #ifdef LSTMKIT_AVX512
@@ -264,15 +270,8 @@ std::vector<at::Tensor> softmax_xent_(at::Tensor logits, at::Tensor bias, at::Te
               "logits must be a contiguous 2-D CPU tensor");
   TORCH_CHECK(logits.scalar_type() == at::kFloat || logits.scalar_type() == at::kBFloat16,
               "logits must be float32 or bfloat16");
-  TORCH_CHECK(bias.scalar_type() == at::kFloat && bias.is_contiguous(), "bias must be float32");
-  TORCH_CHECK(targets.scalar_type() == at::kLong && targets.is_contiguous(),
-              "targets must be int64");
   const int64_t N = logits.size(0), V = logits.size(1);
-  TORCH_CHECK(bias.numel() == V && targets.numel() == N, "shape mismatch");
-  if (N > 0) {
-    TORCH_CHECK(targets.min().item<int64_t>() >= 0 && targets.max().item<int64_t>() < V,
-                "target out of range [0, ", V, ")");
-  }
+  check_bias_and_targets(bias, targets, V, N);
   at::Tensor nll = at::empty({N}, logits.options().dtype(at::kFloat));
   at::Tensor partial;
   if (want_grad) partial = at::zeros({at::get_num_threads(), V}, bias.options());
