@@ -2,6 +2,7 @@
 
     python bench/profile_step.py --preset small --precision bf16 [--steps 30] [--eval]
     python bench/profile_step.py --preset medium --precision fp32 --runner plain_fp32
+    python bench/profile_step.py --preset medium --eval --lstm-impl native
 
 `--runner` profiles lstmkit's step (default) or one of bench/throughput.py's hand-written
 baselines, so the two can be compared operator by operator.
@@ -29,9 +30,12 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=25)
     p.add_argument("--shapes", action="store_true", help="one row per op and input shapes")
     p.add_argument("--runner", default="lstmkit", choices=["lstmkit", "plain_fp32", "plain_bf16"])
+    p.add_argument("--lstm-impl", default="auto", choices=["auto", "native", "onednn"],
+                   help="lstmkit's LSTM layer (default: what training picks)")
     args = parse_args(p)
     print(machine(), f"runner: {args.runner}")
-    config = apply_overrides(preset(args.preset), {"precision": args.precision}, "profile")
+    config = apply_overrides(preset(args.preset), {"precision": args.precision,
+                                                   "lstm_impl": args.lstm_impl}, "profile")
     ids, vocab = corpus(args.data_dir)
     if args.runner == "lstmkit":
         train_step, eval_step = lstmkit_runner(config, vocab)

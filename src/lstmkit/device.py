@@ -36,6 +36,12 @@ def cpu_has_native_bf16() -> bool:
     return any(getattr(cpu, name, lambda: False)() for name in probes)
 
 
+def cpu_has_amx() -> bool:
+    """AMX tiles: there oneDNN's brgemm runs lstmkit's small per-step products fast enough to
+    beat its own LSTM primitive in evaluation too (nn/recurrent.py)."""
+    return getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+
+
 @functools.cache
 def cpuinfo(field: str) -> str:
     """The first value of `field` in /proc/cpuinfo ("vendor_id", "flags", "model name", ...),

@@ -318,8 +318,9 @@ def test_a_model_with_a_narrower_top_layer_carries_its_state_across_windows(laye
 
 def test_the_run_header_names_the_layer_each_stack_runs_where_they_differ(monkeypatch):
     monkeypatch.setattr(recurrent, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(recurrent, "cpu_has_amx", lambda: False)
     cpu = torch.device("cpu")
-    with torch.device("meta"):  # auto evaluates in lstmkit's layer from hidden 1024 on
+    with torch.device("meta"):  # without AMX, auto evaluates in lstmkit's layer from 1024 on
         awd = LanguageModel(LMShape.of(preset("awd"), 100))
         uniform = LanguageModel(LMShape.of(preset("large"), 100))
 
@@ -332,6 +333,8 @@ def test_the_run_header_names_the_layer_each_stack_runs_where_they_differ(monkey
     assert described(awd, "onednn") == "oneDNN"
     assert described(uniform, "auto").startswith("lstmkit")
     assert "top layer" not in described(uniform, "auto")
+    monkeypatch.setattr(recurrent, "cpu_has_amx", lambda: True)  # with AMX, at every width
+    assert described(awd, "auto").replace(" (plain PyTorch)", "") == "lstmkit"
 
 
 def test_a_new_run_of_one_tied_layer_of_another_size_than_hidden_size_is_refused(ptb_dir,

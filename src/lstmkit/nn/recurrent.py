@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lstmkit.device import cpu_has_native_bf16
+from lstmkit.device import cpu_has_amx, cpu_has_native_bf16
 from lstmkit.nn.dropout import hash_dropout
 from lstmkit.nn.lstm import fused_lstm, lstm_weights, native_kernel
 
@@ -35,9 +35,10 @@ _MODULES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 CELLS = tuple(_MODULES)  # the cells every model of the package can be built with
 LSTM_IMPLS = ("auto", "native", "onednn")
 # Where "auto" runs our LSTM layer under bf16: training at every size (1.42x at hidden 200,
-# 1.63x at 650, 3.05x at 1500 against oneDNN's bf16 LSTM, bench/lstm_layer.py), evaluation
-# only from this width on (oneDNN's forward alone is faster below it). In fp32 oneDNN is
-# faster.
+# 1.63x at 650, 3.05x at 1500 against oneDNN's bf16 LSTM on a Zen 5, bench/lstm_layer.py).
+# Evaluation: on a CPU with AMX at every size (1.51x / 1.76x / 1.24x at batch 10, 1.6x / 1.01x /
+# 0.97x for the batch-1 stream, on a Xeon); on one with AVX512-BF16 alone only from this width
+# on (oneDNN's forward alone is faster below it on a Zen 5). In fp32 oneDNN is faster.
 NATIVE_EVAL_MIN_HIDDEN = 1024
 
 
@@ -82,7 +83,7 @@ def uses_native_lstm(rnn: nn.RNNBase, device: torch.device, lstm_impl: str,
     if lstm_impl == "native":
         return True
     return bf16 and cpu_has_native_bf16() and (
-        training or rnn.hidden_size >= NATIVE_EVAL_MIN_HIDDEN)
+        training or cpu_has_amx() or rnn.hidden_size >= NATIVE_EVAL_MIN_HIDDEN)
 
 
 def describe_lstm_impl(rnn: nn.RNNBase, device: torch.device, lstm_impl: str, bf16: bool
