@@ -153,6 +153,53 @@ def test_no_grad_eval_equals_training_forward(backend):
         torch.testing.assert_close(g, w, **FP32)
 
 
+@pytest.mark.parametrize("autocast", [False, True])
+def test_inference_reuses_kept_weights_until_they_change(backend, autocast):
+    """Without gradients the kernel's packed W_hh and cast W_ih are kept between calls: each
+    call gives exactly what a call with gradients (packing afresh) gives, also after an
+    in-place update of either weight and after a load of new weights."""
+    if autocast and not cpu_has_native_bf16():
+        pytest.skip("bf16 runs in the plain path on a CPU without native bf16")
+    rnn, x, h0, c0, _ = _problem(6, 21, 2, 3, 5)
+
+    def both():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            with torch.no_grad():
+                kept = _ours(rnn)(x, (h0, c0))
+            fresh = _ours(rnn)(x, (h0, c0))  # the parameters need grad: packed per call
+        return kept, fresh
+
+    def assert_same(pair):
+        (out_k, (h_k, c_k)), (out_f, (h_f, c_f)) = pair
+        for a, b in ((out_k, out_f), (h_k, h_f), (c_k, c_f)):
+            assert torch.equal(a, b.detach())
+
+    first = both()
+    assert_same(first)
+    assert_same(both())  # the second inference call runs on what the first kept
+    with torch.no_grad():
+        rnn.weight_hh_l1.mul_(1.5)
+    changed = both()
+    assert_same(changed)
+    assert not torch.equal(changed[0][0], first[0][0])
+    with torch.no_grad():
+        rnn.weight_ih_l0.add_(0.01)
+    assert_same(both())
+    other, *_ = _problem(6, 21, 2, 3, 5, seed=1)
+    rnn.load_state_dict(other.state_dict())
+    assert_same(both())
+
+
+def test_kept_weights_go_with_their_model(backend):
+    rnn, x, h0, c0, _ = _problem(4, 9, 1, 2, 3)
+    with torch.no_grad():
+        _ours(rnn)(x, (h0, c0))
+    key = id(rnn.weight_hh_l0)
+    assert (key in fused._KEPT) == (backend == "native")
+    del rnn
+    assert key not in fused._KEPT
+
+
 def test_dropout_zero_in_training_equals_nn_lstm(backend):
     rnn, x, h0, c0, weights = _problem(5, 12, 3, 2, 4)
     rnn.train()

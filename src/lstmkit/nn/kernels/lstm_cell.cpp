@@ -395,10 +395,11 @@ at::Tensor packed_weight(const at::Tensor& w, bool backward, int64_t NB) {
 template <typename T>
 std::vector<at::Tensor> forward_impl(const at::Tensor& xproj, const at::Tensor& bias,
                                      const at::Tensor& w_hh, const at::Tensor& h0,
-                                     const at::Tensor& c0, bool save, int64_t NB) {
+                                     const at::Tensor& c0, bool save, int64_t NB,
+                                     const at::Tensor& kept) {
   const int64_t Tn = xproj.size(0), B = xproj.size(1), H = w_hh.size(1);
   const int64_t Kp = k_padded<T>(H), nblk = (H + NB - 1) / NB, N = 4 * NB;
-  at::Tensor packed = packed_weight<T>(w_hh, false, NB);
+  at::Tensor packed = kept.defined() ? kept : packed_weight<T>(w_hh, false, NB);
   const auto f32 = h0.options().dtype(at::kFloat);
   at::Tensor hs = at::empty({Tn + 1, B, Kp}, xproj.options());
   if (Kp > H) hs.narrow(2, H, Kp - H).zero_();
@@ -516,8 +517,17 @@ void check_common(const at::Tensor& w_hh, int64_t NB) {
   TORCH_CHECK(NB > 0 && NB % 16 == 0, "block must be a positive multiple of 16");
 }
 
+// The forward panels of w_hh for compute dtype bf16 or fp32: what `forward` packs per call,
+// for a caller that runs many calls on unchanged weights (evaluation, sampling) to keep.
+at::Tensor lstm_pack_forward(at::Tensor w_hh, bool bf16, int64_t NB) {
+  check_common(w_hh, NB);
+  return bf16 ? packed_weight<uint16_t>(w_hh, false, NB) : packed_weight<float>(w_hh, false, NB);
+}
+
+// packed: lstm_pack_forward(w_hh, compute is bf16, NB) of this w_hh, or none (packed here).
 std::vector<at::Tensor> lstm_forward(at::Tensor xproj, at::Tensor bias, at::Tensor w_hh,
-                                     at::Tensor h0, at::Tensor c0, bool save, int64_t NB) {
+                                     at::Tensor h0, at::Tensor c0, bool save, int64_t NB,
+                                     c10::optional<at::Tensor> packed) {
   check_common(w_hh, NB);
   const int64_t H = w_hh.size(1);
   TORCH_CHECK(xproj.dim() == 3 && xproj.size(2) == 4 * H && xproj.is_contiguous() &&
@@ -531,8 +541,18 @@ std::vector<at::Tensor> lstm_forward(at::Tensor xproj, at::Tensor bias, at::Tens
   }
   TORCH_CHECK(bias.scalar_type() == at::kFloat && bias.is_contiguous() && bias.numel() == 4 * H,
               "bias must be contiguous float32 [4H]");
-  if (xproj.scalar_type() == at::kFloat) return forward_impl<float>(xproj, bias, w_hh, h0, c0, save, NB);
-  return forward_impl<uint16_t>(xproj, bias, w_hh, h0, c0, save, NB);
+  at::Tensor kept = packed.has_value() ? *packed : at::Tensor();
+  if (kept.defined()) {
+    const bool bf16 = xproj.scalar_type() == at::kBFloat16;
+    const int64_t Kp = bf16 ? (H + 1) / 2 * 2 : H, nblk = (H + NB - 1) / NB;
+    TORCH_CHECK(kept.scalar_type() == xproj.scalar_type() && kept.is_contiguous() &&
+                    kept.numel() == nblk * Kp * 4 * NB,
+                "packed must be lstm_pack_forward's panels of w_hh in the compute dtype");
+  }
+  if (xproj.scalar_type() == at::kFloat) {
+    return forward_impl<float>(xproj, bias, w_hh, h0, c0, save, NB, kept);
+  }
+  return forward_impl<uint16_t>(xproj, bias, w_hh, h0, c0, save, NB, kept);
 }
 
 std::vector<at::Tensor> lstm_backward(c10::optional<at::Tensor> dout,
@@ -588,6 +608,8 @@ std::string isa() {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &lstm_forward,
         "One LSTM layer's forward time loop: (hs, h_n, c_n, cs, gates)");
+  m.def("pack_forward", &lstm_pack_forward,
+        "w_hh's forward panels, for forward calls on unchanged weights");
   m.def("backward", &lstm_backward,
         "One LSTM layer's backward time loop: (dgates, dbias, dh0, dc0)");
   m.def("isa", &isa, "The instruction set the gate math was compiled for");
