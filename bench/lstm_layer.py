@@ -10,11 +10,13 @@ precision) with the median milliseconds and the machine.
     PYTHONPATH=src python bench/lstm_layer.py --shapes 650x35 --repeats 21
     PYTHONPATH=src python bench/lstm_layer.py --precisions fp32   # a CPU without native bf16
     PYTHONPATH=src python bench/lstm_layer.py --modes eval --batch 1   # the stream's shape
+    PYTHONPATH=src python bench/lstm_layer.py --modes eval --batch 10 --kept   # as evaluate runs
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import time
@@ -22,7 +24,7 @@ import time
 import torch
 from torch import nn
 
-from lstmkit.nn.lstm import fused_lstm, lstm_weights, native_kernel
+from lstmkit.nn.lstm import fused_lstm, lstm_weights, native_kernel, weights_kept
 from throughput import machine, parse_args
 
 LAYERS = 2
@@ -54,7 +56,7 @@ def make_step(impl: str, precision: str, mode: str, rnn: nn.LSTM, x: torch.Tenso
 
 
 def bench_shape(hidden: int, steps: int, mode: str, repeats: int, warmup: int,
-                precisions: list[str], batch: int = 20) -> list[dict]:
+                precisions: list[str], batch: int = 20, kept: bool = False) -> list[dict]:
     torch.manual_seed(0)
     rnn = nn.LSTM(hidden, hidden, LAYERS, batch_first=True)
     rnn.train(mode == "train")
@@ -63,19 +65,22 @@ def bench_shape(hidden: int, steps: int, mode: str, repeats: int, warmup: int,
     variants = [(impl, prec) for prec in precisions for impl in ("nn.LSTM", "ours")]
     fns = {v: make_step(*v, mode, rnn, x, state) for v in variants}
     times: dict[tuple[str, str], list[float]] = {v: [] for v in variants}
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    for r in range(repeats):
-        for v in variants if r % 2 == 0 else variants[::-1]:
-            start = time.perf_counter()
-            fns[v]()
-            times[v].append(time.perf_counter() - start)
+    # --kept: every call inside one weights_kept block, as one evaluation pass runs its windows
+    with weights_kept() if kept else contextlib.nullcontext():
+        for fn in fns.values():
+            for _ in range(warmup):
+                fn()
+        for r in range(repeats):
+            for v in variants if r % 2 == 0 else variants[::-1]:
+                start = time.perf_counter()
+                fns[v]()
+                times[v].append(time.perf_counter() - start)
     rows = []
     for (impl, prec), ts in times.items():
         rows.append({"shape": f"{hidden}x{steps}", "hidden": hidden, "steps": steps,
                      "layers": LAYERS, "batch": batch, "mode": mode, "impl": impl,
-                     "precision": prec, "ms": round(statistics.median(ts) * 1e3, 2)})
+                     "precision": prec, "kept": kept,
+                     "ms": round(statistics.median(ts) * 1e3, 2)})
     for prec in precisions:
         base = statistics.median(times[("nn.LSTM", prec)])
         ours = statistics.median(times[("ours", prec)])
@@ -97,6 +102,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=11)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--kept", action="store_true",
+                   help="eval: all calls in one weights_kept block (an evaluation pass)")
     args = parse_args(p, argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -105,7 +112,7 @@ def main(argv=None) -> int:
         hidden, steps = (int(v) for v in shape.split("x"))
         for mode in args.modes:
             for row in bench_shape(hidden, steps, mode, args.repeats, args.warmup,
-                                   args.precisions, args.batch):
+                                   args.precisions, args.batch, args.kept and mode == "eval"):
                 print(json.dumps({**row, **where}), flush=True)
     return 0
 

@@ -44,6 +44,7 @@ from lstmkit.lm.model import build_language_model
 from lstmkit.lm.optim import clipped_step, gradient_norm, make_optimizer, row_sparse_ok
 from lstmkit.nn import softmax
 from lstmkit.nn.embedding import collect_row_grads
+from lstmkit.nn.lstm import weights_kept
 from lstmkit.nn.recurrent import detach_state
 
 RNN_MODULES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
@@ -146,6 +147,7 @@ def lstmkit_runner(config, vocab_size):
         nll.item()
         return carried
 
+    eval_step.pass_scope = weights_kept
     return train_step, eval_step
 
 
@@ -168,11 +170,14 @@ def timed_train(step, windows) -> float:
 
 
 def timed_eval(step, windows) -> float:
+    """One evaluation pass over `windows`: lstmkit's in one `weights_kept` block, as
+    lstmkit.lm.evaluate.perplexity runs it (`step.pass_scope`)."""
     start = time.perf_counter()
     words, carried = 0, None
-    for x, y in windows:
-        carried = step(x, y, carried)
-        words += x.numel()
+    with getattr(step, "pass_scope", contextlib.nullcontext)():
+        for x, y in windows:
+            carried = step(x, y, carried)
+            words += x.numel()
     return words / (time.perf_counter() - start)
 
 

@@ -154,10 +154,10 @@ def test_no_grad_eval_equals_training_forward(backend):
 
 
 @pytest.mark.parametrize("autocast", [False, True])
-def test_inference_reuses_kept_weights_until_they_change(backend, autocast):
-    """Without gradients the kernel's packed W_hh and cast W_ih are kept between calls: each
-    call gives exactly what a call with gradients (packing afresh) gives, also after an
-    in-place update of either weight and after a load of new weights."""
+def test_inference_in_a_kept_block_equals_packing_afresh(backend, autocast):
+    """Inside `weights_kept` calls without gradients share W_ih's cast and W_hh's panels: each
+    gives exactly what a call with gradients (packing afresh) gives, also after an in-place
+    update of either weight and a load of new weights inside the block."""
     if autocast and not cpu_has_native_bf16():
         pytest.skip("bf16 runs in the plain path on a CPU without native bf16")
     rnn, x, h0, c0, _ = _problem(6, 21, 2, 3, 5)
@@ -174,30 +174,40 @@ def test_inference_reuses_kept_weights_until_they_change(backend, autocast):
         for a, b in ((out_k, out_f), (h_k, h_f), (c_k, c_f)):
             assert torch.equal(a, b.detach())
 
-    first = both()
-    assert_same(first)
-    assert_same(both())  # the second inference call runs on what the first kept
-    with torch.no_grad():
-        rnn.weight_hh_l1.mul_(1.5)
-    changed = both()
-    assert_same(changed)
-    assert not torch.equal(changed[0][0], first[0][0])
-    with torch.no_grad():
-        rnn.weight_ih_l0.add_(0.01)
-    assert_same(both())
-    other, *_ = _problem(6, 21, 2, 3, 5, seed=1)
-    rnn.load_state_dict(other.state_dict())
-    assert_same(both())
+    with fused.weights_kept():
+        first = both()
+        assert_same(first)
+        assert_same(both())  # the second call runs on what the first kept
+        with torch.no_grad():
+            rnn.weight_hh_l1.mul_(1.5)
+        changed = both()
+        assert_same(changed)
+        assert not torch.equal(changed[0][0], first[0][0])
+        with torch.no_grad():
+            rnn.weight_ih_l0.add_(0.01)
+        assert_same(both())
+        other, *_ = _problem(6, 21, 2, 3, 5, seed=1)
+        rnn.load_state_dict(other.state_dict())
+        assert_same(both())
 
 
-def test_kept_weights_go_with_their_model(backend):
-    rnn, x, h0, c0, _ = _problem(4, 9, 1, 2, 3)
+def test_outside_a_kept_block_a_fused_optimizer_step_is_seen(backend):
+    """PyTorch's fused SGD changes weights without bumping their versions: outside
+    `weights_kept` every call packs afresh, so evaluation after a step sees the new weights."""
+    rnn, x, h0, c0, _ = _problem(6, 21, 2, 3, 5)
     with torch.no_grad():
-        _ours(rnn)(x, (h0, c0))
-    key = id(rnn.weight_hh_l0)
-    assert (key in fused._KEPT) == (backend == "native")
-    del rnn
-    assert key not in fused._KEPT
+        before = _ours(rnn)(x, (h0, c0))[0]
+    for p in rnn.parameters():
+        p.grad = torch.ones_like(p)
+    torch.optim.SGD(rnn.parameters(), lr=0.01, fused=True).step()
+    with torch.no_grad():
+        after = _ours(rnn)(x, (h0, c0))[0]
+        ref = rnn(x, (h0, c0))[0]
+    assert not torch.equal(after, before)
+    torch.testing.assert_close(after, ref, **FP32)
+    with fused.weights_kept():
+        assert fused._KEPT.get() == {}
+    assert fused._KEPT.get() is None
 
 
 def test_dropout_zero_in_training_equals_nn_lstm(backend):

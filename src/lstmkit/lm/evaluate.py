@@ -14,6 +14,7 @@ import torch
 
 from lstmkit.device import autocast
 from lstmkit.lm.batching import batch_rows, bptt_windows
+from lstmkit.nn.lstm import weights_kept
 
 STREAM_NUM_STEPS = 100  # batch-1 stream: the chunk length only sets speed, not the result
 
@@ -50,11 +51,12 @@ def perplexity(model, ids: torch.Tensor, batch_size: int, num_steps: int,
     state = model.zero_state(batch_size)
     total, count = 0.0, 0
     try:
-        for x, y in bptt_windows(rows, num_steps, include_tail=True):
-            with autocast(precision, device):
-                nll, state = model.window_nll(x, y, state)
-            total += nll.item()
-            count += y.numel()
+        with weights_kept():  # the weights stay as they are for the whole pass
+            for x, y in bptt_windows(rows, num_steps, include_tail=True):
+                with autocast(precision, device):
+                    nll, state = model.window_nll(x, y, state)
+                total += nll.item()
+                count += y.numel()
     finally:
         model.train(was_training)
     return Perplexity(total, count, batch_size, num_steps)

@@ -33,6 +33,7 @@ from lstmkit.device import autocast
 from lstmkit.errors import UserError
 from lstmkit.fields import SEED_LIMIT
 from lstmkit.lm.evaluate import STREAM_NUM_STEPS
+from lstmkit.nn.lstm import weights_kept
 from lstmkit.vocab import EOS
 
 
@@ -293,14 +294,15 @@ def token_nlls(model, ids: torch.Tensor, precision: str = "fp32") -> torch.Tenso
     state = model.zero_state(1)
     out = []
     try:
-        for lo in range(0, ids.size(1) - 1, STREAM_NUM_STEPS):
-            x = ids[:, lo:lo + STREAM_NUM_STEPS]
-            y = ids[:, lo + 1:lo + STREAM_NUM_STEPS + 1]
-            x = x[:, :y.size(1)]
-            with autocast(precision, device):
-                logits, state = model(x, state)  # [1, T, V]
-            logp = F.log_softmax(logits[0].float(), dim=-1)
-            out.append(-logp.gather(1, y[0].unsqueeze(1)).squeeze(1))
+        with weights_kept():
+            for lo in range(0, ids.size(1) - 1, STREAM_NUM_STEPS):
+                x = ids[:, lo:lo + STREAM_NUM_STEPS]
+                y = ids[:, lo + 1:lo + STREAM_NUM_STEPS + 1]
+                x = x[:, :y.size(1)]
+                with autocast(precision, device):
+                    logits, state = model(x, state)  # [1, T, V]
+                logp = F.log_softmax(logits[0].float(), dim=-1)
+                out.append(-logp.gather(1, y[0].unsqueeze(1)).squeeze(1))
     finally:
         model.train(was_training)
     return torch.cat(out).cpu()

@@ -11,12 +11,13 @@ gates sit in L1. Backward yields the gate gradients of all steps, and the weight
 d input are again one product each (dgates^T x, dgates^T h, dgates W_ih).
 
 Precision: without autocast everything is fp32. Under `torch.autocast("cpu", dtype=bfloat16)`
-the products take bf16 operands (the weights cast once per call) with fp32 accumulation; the
-gate math, the cell state c, the saved gate activations and the bias gradient stay fp32; h is
-stored in bf16 (it only feeds products and the next layer). The outputs are then bf16, as
-nn.LSTM's are under autocast; the final state (h_n, c_n) is always fp32 (nn.LSTM returns bf16
-there), so a state carried to the next window loses nothing: two windows of T steps give what
-one window of 2T gives. Any state dtype is accepted as input.
+the products take bf16 operands (the weights cast once per call, or once per `weights_kept`
+block) with fp32 accumulation; the gate math, the cell state c, the saved gate
+activations and the bias gradient stay fp32; h is stored in bf16 (it only feeds products and the
+next layer). The outputs are then bf16, as nn.LSTM's are under autocast; the final state (h_n,
+c_n) is always fp32 (nn.LSTM returns bf16 there), so a state carried to the next window loses
+nothing: two windows of T steps give what one window of 2T gives. Any state dtype is accepted as
+input.
 
 Without the native kernel (no compiler, a failed build, or LSTMKIT_KERNELS=0) the same function
 runs as plain PyTorch ops with the same math (a Python loop over steps: slower, not different).
@@ -24,7 +25,9 @@ runs as plain PyTorch ops with the same math (a Python loop over steps: slower, 
 
 from __future__ import annotations
 
-import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from types import ModuleType
 
 import torch
@@ -118,7 +121,7 @@ class _Layer(torch.autograd.Function):
         if save or backend is _PlainBackend:
             wih, packed = w_ih.to(compute), None
         else:
-            wih, packed = _kept_for_inference(w_ih, w_hh, compute, backend)
+            wih, packed = _inference_weights(w_ih, w_hh, compute, backend)
         bias = (b_ih.float() + b_hh.float()).contiguous()
         xproj = torch.mm(x.reshape(T * B, inp), wih.t()).view(T, B, 4 * H)
         hs, h_n, c_n, cs, gates = backend.forward(xproj, bias, whh, h0.contiguous(),
@@ -163,29 +166,41 @@ def _recurrent_weight(w_hh: torch.Tensor, compute: torch.dtype) -> torch.Tensor:
     return whh.contiguous()
 
 
-# Per W_hh (by id, while it lives): its weights' identity and versions, W_ih cast to the
-# compute dtype, and W_hh's packed panels.
-_KEPT: dict[int, tuple[tuple, torch.Tensor, torch.Tensor]] = {}
+# Inside `weights_kept()`, per W_hh (by id): (W_ih, W_hh, (compute dtype, their versions), W_ih
+# cast, W_hh packed). Holding the weights keeps their ids unique while the block lasts. A context
+# variable: each thread and each task sees its own, and nothing outlives the block.
+_KEPT: ContextVar[dict[int, tuple] | None] = ContextVar("lstmkit_kept_lstm_weights", default=None)
 
 
-def _kept_for_inference(w_ih: torch.Tensor, w_hh: torch.Tensor, compute: torch.dtype,
-                        backend: ModuleType) -> tuple[torch.Tensor, torch.Tensor]:
-    """W_ih in `compute` and W_hh packed, made once and reused while neither weight changes
-    (an in-place update bumps a tensor's version). Evaluation runs every window, and sampling
-    every token, on the same weights: at hidden 650 the cast and the packing took 1.0 of the
-    1.4 ms a layer spent on one token (bench/lstm_layer.py --batch 1, shape 650x1)."""
-    key = (compute, w_ih.data_ptr(), w_ih._version, w_hh.data_ptr(), w_hh._version,
-           tuple(w_ih.shape), tuple(w_hh.shape))
-    kept = _KEPT.get(id(w_hh))
-    if kept is not None and kept[0] == key:
-        return kept[1], kept[2]
+@contextmanager
+def weights_kept() -> Iterator[None]:
+    """A block whose calls without gradients share W_ih's cast and W_hh's packed panels: the
+    caller promises the weights do not change inside it (an evaluation pass; PyTorch's fused
+    optimizers update weights without a trace in their version counters, so no check could
+    tell). At hidden 650 the cast and the packing took 1.0 of the 1.4 ms a layer spent on one
+    token (bench/lstm_layer.py --batch 1, shape 650x1); an evaluation pays them once, not once
+    per window."""
+    token = _KEPT.set({})
+    try:
+        yield
+    finally:
+        _KEPT.reset(token)
+
+
+def _inference_weights(w_ih: torch.Tensor, w_hh: torch.Tensor, compute: torch.dtype,
+                       backend: ModuleType) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """W_ih in `compute`, and W_hh packed where `weights_kept` keeps it (else None: the kernel
+    packs it)."""
+    kept = _KEPT.get()
     if kept is None:
-        weakref.finalize(w_hh, _KEPT.pop, id(w_hh), None)
-    wih = w_ih.detach().to(compute)
-    packed = backend.pack_forward(_recurrent_weight(w_hh, compute),
-                                  compute == torch.bfloat16, BLOCK)
-    _KEPT[id(w_hh)] = (key, wih, packed)
-    return wih, packed
+        return w_ih.to(compute), None
+    state = (compute, w_ih._version, w_hh._version)
+    entry = kept.get(id(w_hh))
+    if entry is None or entry[0] is not w_ih or entry[1] is not w_hh or entry[2] != state:
+        packed = backend.pack_forward(_recurrent_weight(w_hh, compute),
+                                      compute == torch.bfloat16, BLOCK)
+        entry = kept[id(w_hh)] = (w_ih, w_hh, state, w_ih.detach().to(compute), packed)
+    return entry[3], entry[4]
 
 
 class _PlainBackend:
