@@ -177,9 +177,9 @@ def weights_kept() -> Iterator[None]:
     """A block whose calls without gradients share W_ih's cast and W_hh's packed panels: the
     caller promises the weights do not change inside it (an evaluation pass; PyTorch's fused
     optimizers update weights without a trace in their version counters, so no check could
-    tell). At hidden 650 the cast and the packing took 1.0 of the 1.4 ms a layer spent on one
-    token (bench/lstm_layer.py --batch 1, shape 650x1); an evaluation pays them once, not once
-    per window."""
+    tell). At hidden 650 the cast and the packing took 0.9 of the 1.4 ms a layer spent on one
+    token on a Xeon with AMX (bench/lstm_layer.py --batch 1 --shapes 650x1, with and without
+    --kept); an evaluation pays them once, not once per window."""
     token = _KEPT.set({})
     try:
         yield
