@@ -231,11 +231,12 @@ def _run_sample(args: argparse.Namespace) -> int:
     if args.beam is not None or args.num_samples is not None:
         return _print_texts(run, args)
     ended_line = True
-    for piece in run.generate(args.prime, args.length, args.temperature, args.top_k, args.seed,
-                              args.top_p, args.stop_at):
-        sys.stdout.write(piece)
-        sys.stdout.flush()  # a closed pipe (`| head`) ends the command in `main`
-        ended_line = piece.endswith("\n") if piece else ended_line
+    with api.weights_kept():  # nothing here changes the weights: pack them once
+        for piece in run.generate(args.prime, args.length, args.temperature, args.top_k,
+                                  args.seed, args.top_p, args.stop_at):
+            sys.stdout.write(piece)
+            sys.stdout.flush()  # a closed pipe (`| head`) ends the command in `main`
+            ended_line = piece.endswith("\n") if piece else ended_line
     if not ended_line:
         sys.stdout.write("\n")
         sys.stdout.flush()

@@ -173,3 +173,19 @@ def test_words_are_spaced_and_eos_is_a_line_break():
         == "the cat\na\n\n"
     chars = Detokenizer("char")
     assert "".join(chars.text_of(t) for t in ["a", " ", "\n", "<"]) == "a \n<"
+
+
+def test_sampling_in_a_kept_block_draws_what_packing_afresh_draws():
+    """`lstmkit sample` holds the weights for the whole sample (nn.lstm.weights_kept): with
+    lstmkit's LSTM layer the tokens are those drawn without the block, and greedy tokens are
+    the argmax of logits recomputed over the prefix outside it."""
+    from lstmkit.nn.lstm import weights_kept
+    torch.manual_seed(0)
+    config = LMConfig(hidden_size=16, num_layers=2, init_scale=0.6, lstm_impl="native")
+    model = build_language_model(config, vocab_size=V).eval()
+    outside = draw(model, seed=3)
+    with weights_kept():
+        inside = draw(model, seed=3)
+        greedy = draw(model, length=20, temperature=0.0)
+    assert inside == outside
+    assert greedy == prefix_logits(model, (3, 1, 4), greedy).argmax(dim=1).tolist()

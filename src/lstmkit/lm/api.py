@@ -34,6 +34,7 @@ from lstmkit.lm.evaluate import Perplexity, perplexity, stream_perplexity
 from lstmkit.lm.quantize import QUANTIZE, check_quantize, quantize_model
 from lstmkit.lm.runs import LoadedLM, load_lm
 from lstmkit.lm.train import TrainResult, train_language_model
+from lstmkit.nn.lstm import weights_kept
 from lstmkit.reporting import Console
 from lstmkit.rundir import MODEL_FILE, checkpoint_file
 from lstmkit.text import read_text
@@ -316,8 +317,18 @@ class LanguageModelRun:
         """The prime and `length` sampled tokens as one string; `on_text` sees each piece.
 
         With `num_samples` K: a list of K such strings, drawn together. With `beam` N: the N
-        best beam-search texts (temperature, top-k, top-p and seed play no part).
+        best beam-search texts (temperature, top-k, top-p and seed play no part). The model's
+        weights are held for the whole call (`on_text` must not change them), so its LSTM
+        layers pack them once rather than once per token.
         """
+        with weights_kept():
+            return self._sample(prime, length, temperature, top_k, seed, on_text, top_p,
+                                stop_at, num_samples, beam)
+
+    def _sample(self, prime: str, length: int | None, temperature: float, top_k: int | None,
+                seed: int | None, on_text: Callable[[str], object] | None,
+                top_p: float | None, stop_at: str | None, num_samples: int | None,
+                beam: int | None) -> str | list[str]:
         if beam is not None:
             if num_samples is not None:
                 raise UserError("beam search returns the best --beam texts; --num-samples is "

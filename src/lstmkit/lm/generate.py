@@ -238,18 +238,20 @@ def beam_search(model, context: Sequence[int], length: int, beam: int,
     model.eval()
     device = next(model.parameters()).device
     try:
-        logits, state = _read_context(model, context, device)
-        live = [Hypothesis((), 0.0)]
-        done: list[Hypothesis] = []
-        for _ in range(length):
-            live, rows = _extend_beam(live, logits, beam, finished, done)
-            if not live:
-                break
-            picked = torch.as_tensor(rows, dtype=torch.long, device=device)
-            state = tuple(s.index_select(1, picked) for s in state)
-            last = torch.tensor([[h.ids[-1]] for h in live], dtype=torch.long, device=device)
-            out, state = model(last, state)
-            logits = out[:, -1]
+        with weights_kept():  # `finished` only reads the text
+            logits, state = _read_context(model, context, device)
+            live = [Hypothesis((), 0.0)]
+            done: list[Hypothesis] = []
+            for _ in range(length):
+                live, rows = _extend_beam(live, logits, beam, finished, done)
+                if not live:
+                    break
+                picked = torch.as_tensor(rows, dtype=torch.long, device=device)
+                state = tuple(s.index_select(1, picked) for s in state)
+                last = torch.tensor([[h.ids[-1]] for h in live], dtype=torch.long,
+                                    device=device)
+                out, state = model(last, state)
+                logits = out[:, -1]
     finally:
         model.train(was_training)
     return sorted(done + live, key=lambda h: h.score, reverse=True)[:beam]
