@@ -230,14 +230,14 @@ def _run_sample(args: argparse.Namespace) -> int:
     run = api.load(args.model, args.device, args.quantize)
     if args.beam is not None or args.num_samples is not None:
         return _print_texts(run, args)
-    ended_line = True
-    with api.weights_kept():  # nothing here changes the weights: pack them once
-        for piece in run.generate(args.prime, args.length, args.temperature, args.top_k,
-                                  args.seed, args.top_p, args.stop_at):
-            sys.stdout.write(piece)
-            sys.stdout.flush()  # a closed pipe (`| head`) ends the command in `main`
-            ended_line = piece.endswith("\n") if piece else ended_line
-    if not ended_line:
+
+    def write(piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()  # a closed pipe (`| head`) ends the command in `main`
+
+    text = run.sample(args.prime, args.length, args.temperature, args.top_k, args.seed,
+                      on_text=write, top_p=args.top_p, stop_at=args.stop_at)
+    if text and not text.endswith("\n"):
         sys.stdout.write("\n")
         sys.stdout.flush()
     return 0

@@ -31,15 +31,18 @@ def cpu_has_native_bf16() -> bool:
     Elsewhere (AVX2 CPUs such as Zen 3) bf16 products are emulated: 10-145x slower than fp32
     (`bench/gemm.py`), and oneDNN has no bf16 LSTM primitive at all.
     """
-    cpu = torch.cpu
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(cpu, name, lambda: False)() for name in probes)
+    return _torch_cpu_supports("avx512_bf16") or cpu_has_amx()
 
 
 def cpu_has_amx() -> bool:
     """AMX tiles: there oneDNN's brgemm runs lstmkit's small per-step products fast enough to
     beat its own LSTM primitive in evaluation too (nn/recurrent.py)."""
-    return getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    return _torch_cpu_supports("amx_tile")
+
+
+def _torch_cpu_supports(feature: str) -> bool:
+    """torch.cpu's probe for `feature` (False on a torch without that probe)."""
+    return getattr(torch.cpu, f"_is_{feature}_supported", lambda: False)()
 
 
 @functools.cache

@@ -309,6 +309,7 @@ class LanguageModelRun:
         return [BeamText(prime_text, self._text(h.ids, after=prime_ids), h.logprob, len(h.ids))
                 for h in found]
 
+    @weights_kept()
     def sample(self, prime: str = "", length: int | None = None, temperature: float = 1.0,
                top_k: int | None = None, seed: int | None = None,
                on_text: Callable[[str], object] | None = None, *, top_p: float | None = None,
@@ -321,14 +322,6 @@ class LanguageModelRun:
         weights are held for the whole call (`on_text` must not change them), so its LSTM
         layers pack them once rather than once per token.
         """
-        with weights_kept():
-            return self._sample(prime, length, temperature, top_k, seed, on_text, top_p,
-                                stop_at, num_samples, beam)
-
-    def _sample(self, prime: str, length: int | None, temperature: float, top_k: int | None,
-                seed: int | None, on_text: Callable[[str], object] | None,
-                top_p: float | None, stop_at: str | None, num_samples: int | None,
-                beam: int | None) -> str | list[str]:
         if beam is not None:
             if num_samples is not None:
                 raise UserError("beam search returns the best --beam texts; --num-samples is "

@@ -41,6 +41,7 @@ class Perplexity:
 
 
 @torch.no_grad()
+@weights_kept()  # the weights stay as they are for the whole pass
 def perplexity(model, ids: torch.Tensor, batch_size: int, num_steps: int,
                precision: str = "fp32") -> Perplexity:
     """exp(total NLL / total targets) over `ids`, state carried from window to window."""
@@ -51,12 +52,11 @@ def perplexity(model, ids: torch.Tensor, batch_size: int, num_steps: int,
     state = model.zero_state(batch_size)
     total, count = 0.0, 0
     try:
-        with weights_kept():  # the weights stay as they are for the whole pass
-            for x, y in bptt_windows(rows, num_steps, include_tail=True):
-                with autocast(precision, device):
-                    nll, state = model.window_nll(x, y, state)
-                total += nll.item()
-                count += y.numel()
+        for x, y in bptt_windows(rows, num_steps, include_tail=True):
+            with autocast(precision, device):
+                nll, state = model.window_nll(x, y, state)
+            total += nll.item()
+            count += y.numel()
     finally:
         model.train(was_training)
     return Perplexity(total, count, batch_size, num_steps)

@@ -220,6 +220,7 @@ class Hypothesis:
 
 
 @torch.no_grad()
+@weights_kept()  # `finished` only reads the text
 def beam_search(model, context: Sequence[int], length: int, beam: int,
                 finished: Callable[[tuple[int, ...]], bool] | None = None
                 ) -> list[Hypothesis]:
@@ -238,20 +239,18 @@ def beam_search(model, context: Sequence[int], length: int, beam: int,
     model.eval()
     device = next(model.parameters()).device
     try:
-        with weights_kept():  # `finished` only reads the text
-            logits, state = _read_context(model, context, device)
-            live = [Hypothesis((), 0.0)]
-            done: list[Hypothesis] = []
-            for _ in range(length):
-                live, rows = _extend_beam(live, logits, beam, finished, done)
-                if not live:
-                    break
-                picked = torch.as_tensor(rows, dtype=torch.long, device=device)
-                state = tuple(s.index_select(1, picked) for s in state)
-                last = torch.tensor([[h.ids[-1]] for h in live], dtype=torch.long,
-                                    device=device)
-                out, state = model(last, state)
-                logits = out[:, -1]
+        logits, state = _read_context(model, context, device)
+        live = [Hypothesis((), 0.0)]
+        done: list[Hypothesis] = []
+        for _ in range(length):
+            live, rows = _extend_beam(live, logits, beam, finished, done)
+            if not live:
+                break
+            picked = torch.as_tensor(rows, dtype=torch.long, device=device)
+            state = tuple(s.index_select(1, picked) for s in state)
+            last = torch.tensor([[h.ids[-1]] for h in live], dtype=torch.long, device=device)
+            out, state = model(last, state)
+            logits = out[:, -1]
     finally:
         model.train(was_training)
     return sorted(done + live, key=lambda h: h.score, reverse=True)[:beam]
@@ -284,6 +283,7 @@ def _extend_beam(live: list[Hypothesis], logits: torch.Tensor, beam: int,
 
 
 @torch.no_grad()
+@weights_kept()
 def token_nlls(model, ids: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
     """[N - 1] NLL (nats) of ids[1:], each given every earlier id (one stream, batch 1)."""
     if ids.numel() < 2:
@@ -296,15 +296,14 @@ def token_nlls(model, ids: torch.Tensor, precision: str = "fp32") -> torch.Tenso
     state = model.zero_state(1)
     out = []
     try:
-        with weights_kept():
-            for lo in range(0, ids.size(1) - 1, STREAM_NUM_STEPS):
-                x = ids[:, lo:lo + STREAM_NUM_STEPS]
-                y = ids[:, lo + 1:lo + STREAM_NUM_STEPS + 1]
-                x = x[:, :y.size(1)]
-                with autocast(precision, device):
-                    logits, state = model(x, state)  # [1, T, V]
-                logp = F.log_softmax(logits[0].float(), dim=-1)
-                out.append(-logp.gather(1, y[0].unsqueeze(1)).squeeze(1))
+        for lo in range(0, ids.size(1) - 1, STREAM_NUM_STEPS):
+            x = ids[:, lo:lo + STREAM_NUM_STEPS]
+            y = ids[:, lo + 1:lo + STREAM_NUM_STEPS + 1]
+            x = x[:, :y.size(1)]
+            with autocast(precision, device):
+                logits, state = model(x, state)  # [1, T, V]
+            logp = F.log_softmax(logits[0].float(), dim=-1)
+            out.append(-logp.gather(1, y[0].unsqueeze(1)).squeeze(1))
     finally:
         model.train(was_training)
     return torch.cat(out).cpu()

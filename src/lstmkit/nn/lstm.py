@@ -121,7 +121,7 @@ class _Layer(torch.autograd.Function):
         if save or backend is _PlainBackend:
             wih, packed = w_ih.to(compute), None
         else:
-            wih, packed = _inference_weights(w_ih, w_hh, compute, backend)
+            wih, packed = _inference_weights(w_ih, w_hh, whh, compute, backend)
         bias = (b_ih.float() + b_hh.float()).contiguous()
         xproj = torch.mm(x.reshape(T * B, inp), wih.t()).view(T, B, 4 * H)
         hs, h_n, c_n, cs, gates = backend.forward(xproj, bias, whh, h0.contiguous(),
@@ -187,18 +187,18 @@ def weights_kept() -> Iterator[None]:
         _KEPT.reset(token)
 
 
-def _inference_weights(w_ih: torch.Tensor, w_hh: torch.Tensor, compute: torch.dtype,
-                       backend: ModuleType) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """W_ih in `compute`, and W_hh packed where `weights_kept` keeps it (else None: the kernel
-    packs it)."""
+def _inference_weights(w_ih: torch.Tensor, w_hh: torch.Tensor, whh: torch.Tensor,
+                       compute: torch.dtype, backend: ModuleType
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """W_ih in `compute`, and W_hh (prepared as `whh`) packed where `weights_kept` keeps it
+    (else None: the kernel packs it)."""
     kept = _KEPT.get()
     if kept is None:
         return w_ih.to(compute), None
     state = (compute, w_ih._version, w_hh._version)
     entry = kept.get(id(w_hh))
     if entry is None or entry[0] is not w_ih or entry[1] is not w_hh or entry[2] != state:
-        packed = backend.pack_forward(_recurrent_weight(w_hh, compute),
-                                      compute == torch.bfloat16, BLOCK)
+        packed = backend.pack_forward(whh, compute == torch.bfloat16, BLOCK)
         entry = kept[id(w_hh)] = (w_ih, w_hh, state, w_ih.detach().to(compute), packed)
     return entry[3], entry[4]
 

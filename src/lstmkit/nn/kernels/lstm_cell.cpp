@@ -399,6 +399,9 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& xproj, const at::Tensor& 
                                      const at::Tensor& kept) {
   const int64_t Tn = xproj.size(0), B = xproj.size(1), H = w_hh.size(1);
   const int64_t Kp = k_padded<T>(H), nblk = (H + NB - 1) / NB, N = 4 * NB;
+  TORCH_CHECK(!kept.defined() || (kept.scalar_type() == xproj.scalar_type() &&
+                                  kept.is_contiguous() && kept.numel() == nblk * Kp * N),
+              "packed must be pack_forward's panels of w_hh in the compute dtype");
   at::Tensor packed = kept.defined() ? kept : packed_weight<T>(w_hh, false, NB);
   const auto f32 = h0.options().dtype(at::kFloat);
   at::Tensor hs = at::empty({Tn + 1, B, Kp}, xproj.options());
@@ -541,14 +544,7 @@ std::vector<at::Tensor> lstm_forward(at::Tensor xproj, at::Tensor bias, at::Tens
   }
   TORCH_CHECK(bias.scalar_type() == at::kFloat && bias.is_contiguous() && bias.numel() == 4 * H,
               "bias must be contiguous float32 [4H]");
-  at::Tensor kept = packed.has_value() ? *packed : at::Tensor();
-  if (kept.defined()) {
-    const bool bf16 = xproj.scalar_type() == at::kBFloat16;
-    const int64_t Kp = bf16 ? (H + 1) / 2 * 2 : H, nblk = (H + NB - 1) / NB;
-    TORCH_CHECK(kept.scalar_type() == xproj.scalar_type() && kept.is_contiguous() &&
-                    kept.numel() == nblk * Kp * 4 * NB,
-                "packed must be lstm_pack_forward's panels of w_hh in the compute dtype");
-  }
+  const at::Tensor kept = packed.has_value() ? *packed : at::Tensor();
   if (xproj.scalar_type() == at::kFloat) {
     return forward_impl<float>(xproj, bias, w_hh, h0, c0, save, NB, kept);
   }
