@@ -13,7 +13,9 @@ instead of torch.mm's BLAS.
 
 `--layouts` times the softmax layer's three bf16 products as training runs them in either
 layout of the logits: [N, V] (logits = h @ W.T, d hidden = G @ W, d weight = G.T @ h) and
-[V, N] (logits^T = W @ h.T, d hidden = G^T.T @ W, d weight = G^T @ h; nn/softmax.py).
+[V, N] (logits^T = W @ h.T, d hidden = G^T.T @ W, d weight = G^T @ h; nn/softmax.py), and
+d hidden in the [V, N] layout from a transposed copy of the weight (`VN_Wt`: d hidden^T =
+W^T @ G^T, the copy that bf16 training's SGD step keeps, nn/bf16_copies.py).
 """
 
 from __future__ import annotations
@@ -90,7 +92,7 @@ def layout_products(rows: int, hidden: int, vocab: int) -> dict[str, dict]:
     gt = g.t().contiguous()
     return {
         "logits": {"NV": (h, w.t()), "VN": (w, h.t())},
-        "d_hidden": {"NV": (g, w), "VN": (gt.t(), w)},
+        "d_hidden": {"NV": (g, w), "VN": (gt.t(), w), "VN_Wt": (w.t().contiguous(), gt)},
         "d_weight": {"NV": (g.t(), h), "VN": (gt, h)},
     }
 
@@ -109,7 +111,8 @@ def bench_layouts(rows: int, hidden: int, vocab: int, repeats: int) -> list[dict
         out.append({"product": name, "rows": rows, "hidden": hidden, "vocab": vocab,
                     "dtype": "bf16", **{f"{k}_ms": round(v, 3) for k, v in ms.items()},
                     **{f"{k}_gflops": round(flops / v / 1e6, 1) for k, v in ms.items()},
-                    "VN_over_NV": round(ms["NV"] / ms["VN"], 2)})
+                    **{f"{k}_over_NV": round(ms["NV"] / v, 2) for k, v in ms.items()
+                       if k != "NV"}})
     return out
 
 

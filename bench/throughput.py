@@ -42,7 +42,9 @@ from lstmkit.lm.config import preset
 from lstmkit.lm.evaluate import STREAM_NUM_STEPS
 from lstmkit.lm.model import build_language_model
 from lstmkit.lm.optim import clipped_step, gradient_norm, make_optimizer, row_sparse_ok
+from lstmkit.lm.train import keeps_bf16_copies
 from lstmkit.nn import softmax
+from lstmkit.nn.bf16_copies import Bf16Copies
 from lstmkit.nn.embedding import collect_row_grads
 from lstmkit.nn.lstm import weights_kept
 from lstmkit.nn.recurrent import detach_state
@@ -113,28 +115,33 @@ def baseline_runner(config, vocab_size, precision="fp32"):
     return train_step, eval_step
 
 
-def lstmkit_runner(config, vocab_size):
+def lstmkit_runner(config, vocab_size, cast_weights=False):
     from lstmkit.device import autocast
 
     model = build_language_model(config, vocab_size)
     params = list(model.parameters())
     opt = make_optimizer(config, model)
+    device = torch.device("cpu")
     row_grads = collect_row_grads(model.embedding) if row_sparse_ok(config) and \
         not model.tied() else None  # as the trainer (one process)
+    copies = Bf16Copies(params) if not cast_weights and \
+        keeps_bf16_copies(config, model, device, distributed=False) else None
+    in_use = copies.in_use if copies is not None else contextlib.nullcontext
     state = [model.zero_state(config.batch_size)]
-    device = torch.device("cpu")
 
     def train_step(x, y):
         model.train()
-        with autocast(config.precision, device):
+        with autocast(config.precision, device), in_use():
             nll, new = model.window_nll(x, y, detach_state(state[0]))
         cost = nll / config.batch_size
         opt.zero_grad(set_to_none=True)
         if row_grads is not None:
             row_grads.clear()
+        if copies is not None:
+            copies.clear_grads()
         cost.backward()
-        clipped_step(opt, gradient_norm(params, row_grads), config.max_grad_norm,
-                     row_grads=row_grads)  # as the trainer
+        clipped_step(opt, gradient_norm(params, row_grads, copies), config.max_grad_norm,
+                     row_grads=row_grads, copies=copies)  # as the trainer
         state[0] = new
         return cost.item()
 
@@ -185,7 +192,7 @@ def bench_preset(name, cell, args, ids, vocab_size) -> dict:
     config = apply_overrides(preset(name), {"precision": args.precision, "cell": cell}, "bench")
     resolved = resolve_precision(config.precision, torch.device("cpu"))
     torch.manual_seed(0)
-    runners = {"lstmkit": lstmkit_runner(config, vocab_size),
+    runners = {"lstmkit": lstmkit_runner(config, vocab_size, args.cast_weights),
                "plain_fp32": baseline_runner(config, vocab_size, "fp32")}
     if cpu_has_native_bf16():
         runners["plain_bf16"] = baseline_runner(config, vocab_size, "bf16")
@@ -212,7 +219,7 @@ def bench_preset(name, cell, args, ids, vocab_size) -> dict:
             timings["eval"][who].append(timed_eval(eval_step, echunk))
             timings["stream"][who].append(timed_eval(eval_step, stream_windows[:n * 2]))
     result = {"preset": name, "cell": cell, "precision": resolved,
-              "implementation": implementation(config)}
+              "implementation": implementation(config, args.cast_weights)}
     for kind, runs in timings.items():
         med = {k: statistics.median(v) for k, v in runs.items()}
         result[f"{kind}_words_per_sec"] = {k: round(v) for k, v in med.items()}
@@ -237,11 +244,15 @@ def paired_quartiles(ours: list[float], base: list[float]) -> list[float]:
     return [round(q1, 2), round(q2, 2), round(q3, 2)]
 
 
-def implementation(config) -> dict:
-    """Which code ran: precision, the recurrent layer, the softmax kernel or its fallback."""
+def implementation(config, cast_weights=False) -> dict:
+    """Which code ran: precision, the recurrent layer, the softmax kernel or its fallback, how
+    the weights reached bf16 products."""
     from lstmkit.lm.train import implementation as runs_on
     model = build_language_model(config, 10)  # the layers chosen do not depend on the vocabulary
-    return runs_on(config, model, torch.device("cpu"))
+    ran = runs_on(config, model, torch.device("cpu"))
+    if cast_weights and ran["precision"] == "bf16":
+        ran["weights"] = "cast to bf16 every window (--cast-weights)"
+    return ran
 
 
 def machine() -> dict:
@@ -283,6 +294,9 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--logits-rows", action="store_true",
                    help="lstmkit's bf16 training with the logits as [N, V], not [V, N]")
+    p.add_argument("--cast-weights", action="store_true",
+                   help="lstmkit's bf16 training casting the weights every window and stepping "
+                        "from fp32 gradients, without the bf16 copies its SGD step keeps")
     args = parse_args(p, argv)
     softmax.TRANSPOSED_LOGITS = not args.logits_rows
     ids, vocab_size = corpus(args.data_dir)

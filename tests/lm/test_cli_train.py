@@ -90,16 +90,19 @@ class _Recorder(Console):
             raise _Stop
 
 
-def test_mid_epoch_checkpoint_resumes_exactly(ptb_dir, tmp_path, training_steps):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_mid_epoch_checkpoint_resumes_exactly(ptb_dir, tmp_path, training_steps, precision):
     """A run stopped after a mid-epoch checkpoint ends where an uninterrupted one does, and
-    the resumed process trains only the windows after that checkpoint."""
+    the resumed process trains only the windows after that checkpoint (in bf16, the resumed
+    run casts the weights' bf16 copies that the other's SGD step kept)."""
     from lstmkit.fields import apply_overrides
     from lstmkit.lm import api
     from lstmkit.lm.config import preset
 
     config = apply_overrides(preset("test"), {"hidden_size": 16, "batch_size": 4, "num_steps": 5,
                                               "keep_prob": 0.7, "max_max_epoch": 2,
-                                              "checkpoint_every": 7}, "test")
+                                              "checkpoint_every": 7, "precision": precision},
+                             "test")
     api.train_ptb(config, ptb_dir, tmp_path / "straight", console=Console(enabled=False))
     # Line 10: the sixth progress line of epoch 1 (step 53), after its step-49 checkpoint.
     with pytest.raises(_Stop):

@@ -82,8 +82,8 @@ def raw_gradient_norms(monkeypatch) -> list[float]:
     norms: list[float] = []
     gradient_norm = lstmkit.lm.train.gradient_norm
 
-    def recorded(params, row_grads=None):
-        norm = gradient_norm(params, row_grads)
+    def recorded(params, row_grads=None, copies=None):
+        norm = gradient_norm(params, row_grads, copies)
         norms.append(float(norm))
         return norm
 

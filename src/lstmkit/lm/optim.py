@@ -9,7 +9,9 @@ clip_grad_norm_'s rule: the gradients scaled by min(1, max_norm / (norm + 1e-6))
 An embedding's gradient may come as the rows a window looked up (nn/embedding.py's
 `RowGrads`) instead of a dense `weight.grad`: the norm counts those rows and the step applies
 them with the same rule, which for plain SGD without weight decay (`row_sparse_ok`) is what the
-dense gradient's step does, untouched rows being left as they are.
+dense gradient's step does, untouched rows being left as they are. In bf16 training the weight
+matrices' gradients may likewise come as bf16 tensors kept beside the weights' bf16 copies
+(nn/bf16_copies.py): the norm counts them and their step is that SGD rule too.
 
 fp16 training scales the loss (dynamic loss scaling, `torch.amp.GradScaler`'s rule): small
 gradients would underflow fp16's range in the backward pass, so the loss is multiplied by a
@@ -24,6 +26,7 @@ from __future__ import annotations
 import torch
 
 from lstmkit.lm.config import LMConfig
+from lstmkit.nn.bf16_copies import Bf16Copies
 from lstmkit.nn.embedding import RowGrads
 
 _FUSED_DEVICES = ("cpu", "cuda")  # where torch's fused SGD and Adam run
@@ -51,17 +54,20 @@ def row_sparse_ok(config: LMConfig) -> bool:
     return config.optimizer == "sgd" and config.weight_decay == 0
 
 
-def gradient_norm(params: list[torch.Tensor], row_grads: RowGrads | None = None
-                  ) -> torch.Tensor:
+def gradient_norm(params: list[torch.Tensor], row_grads: RowGrads | None = None,
+                  copies: Bf16Copies | None = None) -> torch.Tensor:
     """The total L2 norm of the gradients (as clip_grad_norm_ computes it), `row_grads`' rows
-    included; 0 without any."""
+    and the bf16 gradients `copies` keeps included; 0 without any."""
     grads = [p.grad for p in params if p.grad is not None]
     rows = row_grads.summed() if row_grads is not None else None
     if rows is not None:
         grads.append(rows[1])
-    if not grads:
+    squares = [_sum_of_squares(g) for g in grads]
+    if copies is not None:
+        squares += copies.sums_of_squares()
+    if not squares:
         return torch.zeros(())
-    return torch.stack([_sum_of_squares(g) for g in grads]).sum().sqrt()
+    return torch.stack(squares).sum().sqrt()
 
 
 def _sum_of_squares(grad: torch.Tensor) -> torch.Tensor:
@@ -72,15 +78,19 @@ def _sum_of_squares(grad: torch.Tensor) -> torch.Tensor:
 
 
 def clipped_step(optimizer: torch.optim.Optimizer, norm: torch.Tensor, max_norm: float,
-                 loss_scale: float = 1.0, row_grads: RowGrads | None = None) -> None:
+                 loss_scale: float = 1.0, row_grads: RowGrads | None = None,
+                 copies: Bf16Copies | None = None) -> None:
     """optimizer.step() with the gradients clipped to a total norm of at most `max_norm`, their
     norm being `norm` (gradient_norm's); gradients of a loss multiplied by `loss_scale` are
     divided by it first (`norm` is of the divided ones). `row_grads`, an embedding's gradient
-    as rows, are applied by the same rule (plain SGD only: `row_sparse_ok`)."""
+    as rows, and the bf16 gradients `copies` keeps are applied by the same rule (plain SGD
+    only: `row_sparse_ok`)."""
     divisor = torch.clamp((norm.float() + 1e-6) / max_norm, min=1.0) * loss_scale
     rows = row_grads.summed() if row_grads is not None else None
     if rows is not None:
         _row_sgd_step(optimizer, row_grads.weight, rows, divisor)
+    if copies is not None:
+        copies.step(lambda weight: _learning_rate(optimizer, weight), float(divisor))
     if all(group.get("fused") for group in optimizer.param_groups):
         optimizer.grad_scale = divisor  # type: ignore[attr-defined]  # on the grads' device
         try:
@@ -97,11 +107,15 @@ def clipped_step(optimizer: torch.optim.Optimizer, norm: torch.Tensor, max_norm:
 def _row_sgd_step(optimizer: torch.optim.Optimizer, weight: torch.Tensor,
                   rows: tuple[torch.Tensor, torch.Tensor], divisor: torch.Tensor) -> None:
     """SGD on the rows of `weight` a window looked up: w[ids] -= lr * (rows / divisor)."""
-    lr = next(group["lr"] for group in optimizer.param_groups
-              if any(p is weight for p in group["params"]))
+    lr = _learning_rate(optimizer, weight)
     ids, grad = rows
     with torch.no_grad():
         weight.index_add_(0, ids, grad.div(divisor).mul_(-lr).to(weight.dtype))
+
+
+def _learning_rate(optimizer: torch.optim.Optimizer, weight: torch.Tensor) -> float:
+    return next(group["lr"] for group in optimizer.param_groups
+                if any(p is weight for p in group["params"]))
 
 
 LOSS_SCALE_START = 2.0 ** 16  # GradScaler's defaults

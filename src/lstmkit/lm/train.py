@@ -61,6 +61,7 @@ from lstmkit.lm.runs import (
 )
 from lstmkit.lm.schedule import TimeBudget, learning_rate, rescaled_plan
 from lstmkit.nn import kernels
+from lstmkit.nn.bf16_copies import Bf16Copies
 from lstmkit.nn.embedding import RowGrads, collect_row_grads
 from lstmkit.nn.products import products_library
 from lstmkit.nn.recurrent import detach_state
@@ -148,13 +149,18 @@ def _precision_label(config: LMConfig, device: torch.device) -> str:
     return f"{resolved} (auto)" if config.precision == "auto" else resolved
 
 
-def implementation(config: LMConfig, model: LanguageModel, device: torch.device
-                   ) -> dict[str, str]:
+def implementation(config: LMConfig, model: LanguageModel, device: torch.device,
+                   distributed: bool = False) -> dict[str, str]:
     """Which code runs this model here: precision, recurrent layer, softmax kernel and
-    products, CPU."""
+    products, how the weights reach bf16 products, CPU."""
     precision = resolve_precision(config.precision, device)
     softmax = kernels.implementation("softmax_xent") if device.type == "cpu" else "plain"
+    weights = ("bf16 copies kept by the SGD step "
+               f"({kernels.implementation('sgd_bf16')})"
+               if keeps_bf16_copies(config, model, device, distributed)
+               else precision if precision == "fp32" else f"cast to {precision} every window")
     return {"precision": precision,
+            "weights": weights,
             "recurrent": model.describe_recurrent(device, precision == "bf16"),
             "softmax": f"{softmax} kernel" if softmax == "native" else "plain PyTorch",
             "products": products_library(device, precision),
@@ -225,10 +231,10 @@ def _train_in_run(config: LMConfig, data: TokenSplits, run: RunDir,
                 f"{repeat} | device {device.type} | precision {_precision_label(config, device)}"
                 f"{_loss_scale_label(progress)} | "
                 f"{sum(p.numel() for p in model.parameters()):,} parameters")
-    runs_on = implementation(config, model, device)
+    runs_on = implementation(config, model, device, world.distributed)
     console.say(f"recurrent layer {runs_on['recurrent']} | softmax {runs_on['softmax']}, "
                 f"logits {runs_on['logits']}, products {runs_on['products']} | "
-                f"{runs_on['threads']} threads | "
+                f"weights {runs_on['weights']} | {runs_on['threads']} threads | "
                 f"CPU {runs_on['cpu']}")
     metrics.defer({"event": "setup", "seed": config.seed, "epoch": progress.epoch,
                    "step": progress.step, "resumed": resume, **runs_on})
@@ -446,6 +452,22 @@ def _embedding_row_grads(model: LanguageModel, config: LMConfig, world: World
     return collect_row_grads(model.embedding)
 
 
+def _bf16_copies(model: LanguageModel, config: LMConfig, world: World) -> Bf16Copies | None:
+    """The weights' bf16 copies kept by the step (nn/bf16_copies.py), where keeps_bf16_copies."""
+    if not keeps_bf16_copies(config, model, world.device, world.distributed):
+        return None
+    return Bf16Copies(model.parameters())
+
+
+def keeps_bf16_copies(config: LMConfig, model: LanguageModel, device: torch.device,
+                      distributed: bool) -> bool:
+    """Whether training keeps the weights' bf16 copies in its SGD step: bf16 on the CPU, where
+    that SGD is the whole update (plain, without weight decay), one process and an untied
+    model, as for the embedding's row gradients."""
+    return (device.type == "cpu" and resolve_precision(config.precision, device) == "bf16"
+            and not distributed and not model.tied() and row_sparse_ok(config))
+
+
 def _epoch_windows(rows: torch.Tensor, config: LMConfig, epoch: int, start: int,
                    windows: int) -> tuple[Iterator[tuple[torch.Tensor, torch.Tensor]], int]:
     """The epoch's (x, y) windows from window `start`, and how many the epoch has."""
@@ -470,6 +492,7 @@ def _train_epoch(model: LanguageModel, optimizer: torch.optim.Optimizer, rows: t
     device = rows.device
     params = list(model.parameters())
     row_grads = _embedding_row_grads(model, config, world)
+    copies = _bf16_copies(model, config, world)
     state = carried if carried is not None else model.zero_state(rows.size(0))
     start_time, words = time.perf_counter(), 0
     batches, windows = _epoch_windows(rows, config, progress.epoch, progress.step, plan.windows)
@@ -481,7 +504,8 @@ def _train_epoch(model: LanguageModel, optimizer: torch.optim.Optimizer, rows: t
         if decays:
             set_learning_rate(optimizer, plan.learning_rate(progress))
         state = detach_state(state)
-        with autocast(config.precision, device):
+        with autocast(config.precision, device), \
+                copies.in_use() if copies is not None else contextlib.nullcontext():
             nll, penalty, state = window_loss(x, y, state)
         # Summed over time steps, averaged over the batch. With W ranks each averages over its
         # B/W rows and DDP averages their gradients: the gradient of sum(nll) / B, as alone.
@@ -491,9 +515,11 @@ def _train_epoch(model: LanguageModel, optimizer: torch.optim.Optimizer, rows: t
         optimizer.zero_grad(set_to_none=True)
         if row_grads is not None:
             row_grads.clear()
+        if copies is not None:
+            copies.clear_grads()
         loss_scale = progress.loss_scale or 1.0
         (cost * loss_scale if progress.loss_scale else cost).backward()
-        norm = gradient_norm(params, row_grads) / loss_scale
+        norm = gradient_norm(params, row_grads, copies) / loss_scale
         grad_norm = float(norm)
         # The whole batch's cost, the same on every rank: so is the decision to stop on inf.
         # (The gradient norm is of the all-reduced gradients: the same on every rank too.)
@@ -515,7 +541,7 @@ def _train_epoch(model: LanguageModel, optimizer: torch.optim.Optimizer, rows: t
         if overflowed:  # skip the step; a smaller loss scale from the next
             _skip_overflowed_step(progress, metrics)
         else:
-            clipped_step(optimizer, norm, config.max_grad_norm, loss_scale, row_grads)
+            clipped_step(optimizer, norm, config.max_grad_norm, loss_scale, row_grads, copies)
             average.update()
             if progress.loss_scale:
                 progress.loss_scale, progress.loss_scale_good_steps = grown_loss_scale(

@@ -11,13 +11,13 @@ gates sit in L1. Backward yields the gate gradients of all steps, and the weight
 d input are again one product each (dgates^T x, dgates^T h, dgates W_ih).
 
 Precision: without autocast everything is fp32. Under `torch.autocast("cpu", dtype=bfloat16)`
-the products take bf16 operands (the weights cast once per call, or once per `weights_kept`
-block) with fp32 accumulation; the gate math, the cell state c, the saved gate
-activations and the bias gradient stay fp32; h is stored in bf16 (it only feeds products and the
-next layer). The outputs are then bf16, as nn.LSTM's are under autocast; the final state (h_n,
-c_n) is always fp32 (nn.LSTM returns bf16 there), so a state carried to the next window loses
-nothing: two windows of T steps give what one window of 2T gives. Any state dtype is accepted as
-input.
+the products take bf16 operands (the weights cast once per call, once per `weights_kept`
+block, or kept by the training step: nn/bf16_copies.py) with fp32 accumulation; the gate math,
+the cell state c, the saved gate activations and the bias gradient stay fp32; h is stored in
+bf16 (it only feeds products and the next layer). The outputs are then bf16, as nn.LSTM's are
+under autocast; the final state (h_n, c_n) is always fp32 (nn.LSTM returns bf16 there), so a
+state carried to the next window loses nothing: two windows of T steps give what one window of
+2T gives. Any state dtype is accepted as input.
 
 Without the native kernel (no compiler, a failed build, or LSTMKIT_KERNELS=0) the same function
 runs as plain PyTorch ops with the same math (a Python loop over steps: slower, not different).
@@ -35,6 +35,12 @@ from torch import nn
 
 from lstmkit.device import cpu_has_native_bf16
 from lstmkit.nn import kernels
+from lstmkit.nn.bf16_copies import (
+    Bf16Copies,
+    active_copies,
+    gradient_for_autograd,
+    weight_for_products,
+)
 from lstmkit.nn.dropout import hash_dropout
 
 BLOCK = 64  # hidden units per block of the per-step products (a multiple of 16; 64 measured
@@ -117,9 +123,10 @@ class _Layer(torch.autograd.Function):
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, compute, backend, save):
         T, B, inp = x.shape
         H = w_hh.size(1)
-        whh = _recurrent_weight(w_hh, compute)
+        ctx.copies = active_copies() if save else None
+        whh = _recurrent_weight(w_hh, compute, ctx.copies)
         if save or backend is _PlainBackend:
-            wih, packed = w_ih.to(compute), None
+            wih, packed = weight_for_products(w_ih, compute, ctx.copies), None
         else:
             wih, packed = _inference_weights(w_ih, w_hh, whh, compute, backend)
         bias = (b_ih.float() + b_hh.float()).contiguous()
@@ -128,7 +135,8 @@ class _Layer(torch.autograd.Function):
                                                   c0.contiguous(), save, BLOCK, packed)
         if save:
             ctx.save_for_backward(x, wih, whh, hs, cs, gates)
-            ctx.dtypes = (x.dtype, w_ih.dtype, w_hh.dtype, b_ih.dtype, b_hh.dtype)
+            ctx.dtypes = (x.dtype, b_ih.dtype, b_hh.dtype)
+            ctx.weights = (w_ih, w_hh)
             ctx.backend = backend
         ctx.set_materialize_grads(False)
         return hs[1:, :, :H], h_n, c_n
@@ -136,7 +144,8 @@ class _Layer(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_out, d_hn, d_cn):
         x, wih, whh, hs, cs, gates = ctx.saved_tensors
-        x_dtype, wih_dtype, whh_dtype, bih_dtype, bhh_dtype = ctx.dtypes
+        x_dtype, bih_dtype, bhh_dtype = ctx.dtypes
+        w_ih, w_hh = ctx.weights
         T, B, inp = x.shape
         H = whh.size(1)
         compute = wih.dtype
@@ -149,17 +158,24 @@ class _Layer(torch.autograd.Function):
             dg = dgates.view(T * B, 4 * H)
             needs = ctx.needs_input_grad
             dx = torch.mm(dg, wih).view(T, B, inp).to(x_dtype) if needs[0] else None
-            dw_ih = torch.mm(dg.t(), x.reshape(T * B, inp)).to(wih_dtype) if needs[3] else None
-            dw_hh = None
+            dw_ih = dw_hh = None
+            if needs[3]:
+                dw_ih = gradient_for_autograd(w_ih, torch.mm(dg.t(), x.reshape(T * B, inp)),
+                                              ctx.copies)
             if needs[4]:
                 h_prev = hs[:-1].reshape(T * B, hs.size(2))[:, :H]
-                dw_hh = torch.mm(dg.t(), h_prev).to(whh_dtype)
+                dw_hh = gradient_for_autograd(w_hh, torch.mm(dg.t(), h_prev), ctx.copies)
         return (dx, dh0, dc0, dw_ih, dw_hh, db.to(bih_dtype) if needs[5] else None,
                 db.to(bhh_dtype) if needs[6] else None, None, None, None)
 
 
-def _recurrent_weight(w_hh: torch.Tensor, compute: torch.dtype) -> torch.Tensor:
-    """W_hh as the kernel takes it: fp32 (cast to `compute` while packing) or `compute`."""
+def _recurrent_weight(w_hh: torch.Tensor, compute: torch.dtype,
+                      copies: Bf16Copies | None = None) -> torch.Tensor:
+    """W_hh as the kernel takes it: its kept bf16 copy, fp32 (cast to `compute` while
+    packing) or `compute`."""
+    copy = copies.copy_of(w_hh) if copies is not None and compute == torch.bfloat16 else None
+    if copy is not None:
+        return copy
     whh = w_hh.detach()
     if whh.dtype != compute and whh.dtype != torch.float32:
         whh = whh.to(compute)

@@ -18,6 +18,7 @@ from types import ModuleType
 import torch
 
 from lstmkit.nn import kernels
+from lstmkit.nn.bf16_copies import active_copies, gradient_for_autograd, weight_for_products
 from lstmkit.nn.products import mm_t, t_mm
 
 CHUNK_ELEMENTS = 1 << 23  # logits per product when no gradient is kept (bounds eval memory)
@@ -29,7 +30,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, compute_dtype):
         h = hidden.to(compute_dtype)
-        w = weight.to(compute_dtype)
+        ctx.copies = active_copies()
+        w = weight_for_products(weight, compute_dtype, ctx.copies)
         b = bias.float().contiguous()
         targets = targets.contiguous()
         if not any(ctx.needs_input_grad[:3]):
@@ -42,13 +44,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
             dlogits = mm_t(h, w)
             nll, grad_bias = softmax_xent_(dlogits, b, targets, want_grad=True)
         ctx.save_for_backward(dlogits, h, w, grad_bias)
-        ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype)
+        ctx.dtypes = (hidden.dtype, bias.dtype)
+        ctx.weight = weight
         return nll.sum()
 
     @staticmethod
     def backward(ctx, grad_total):
         dlogits, h, w, grad_bias = ctx.saved_tensors
-        hidden_dtype, weight_dtype, bias_dtype = ctx.dtypes
+        hidden_dtype, bias_dtype = ctx.dtypes
         # Scaling the small [N, H] factor, not the [V, H] product, saves a pass over memory.
         h_scaled = h * grad_total.to(h.dtype)
         if ctx.transposed:
@@ -57,7 +60,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         else:
             grad_hidden = torch.mm(dlogits, w)
             grad_weight = t_mm(dlogits, h_scaled)
-        return (grad_hidden.to(hidden_dtype) * grad_total, grad_weight.to(weight_dtype),
+        return (grad_hidden.to(hidden_dtype) * grad_total,
+                gradient_for_autograd(ctx.weight, grad_weight, ctx.copies)
+                if ctx.needs_input_grad[1] else None,
                 (grad_bias * grad_total).to(bias_dtype), None, None)
 
 

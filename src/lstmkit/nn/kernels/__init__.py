@@ -57,6 +57,11 @@ def lstm_cell(check: Callable[[ModuleType], None] | None = None) -> ModuleType |
     return load("lstm_cell", check)
 
 
+def sgd_bf16() -> ModuleType | None:
+    """SGD from bf16 gradients refreshing bf16 weight copies (see sgd_bf16.cpp), or None."""
+    return load("sgd_bf16")
+
+
 def load(name: str, check: Callable[[ModuleType], None] | None = None) -> ModuleType | None:
     """The kernel `name` (its source is `name`.cpp here), built on first use; None if not.
 
