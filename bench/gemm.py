@@ -15,7 +15,7 @@ instead of torch.mm's BLAS.
 layout of the logits: [N, V] (logits = h @ W.T, d hidden = G @ W, d weight = G.T @ h) and
 [V, N] (logits^T = W @ h.T, d hidden = G^T.T @ W, d weight = G^T @ h; nn/softmax.py), and
 d hidden in the [V, N] layout from a transposed copy of the weight (`VN_Wt`: d hidden^T =
-W^T @ G^T, the copy that bf16 training's SGD step keeps, nn/bf16_copies.py).
+W^T @ G^T, both operands row-major; training keeps no such copy, see docs/speed.md).
 """
 
 from __future__ import annotations

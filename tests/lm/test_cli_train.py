@@ -125,6 +125,10 @@ def test_mid_epoch_checkpoint_resumes_exactly(ptb_dir, tmp_path, training_steps,
               if '"event": "setup"' in line]
     assert [(s["resumed"], s["epoch"], s["step"]) for s in starts] == [(False, 1, 0),
                                                                        (True, 1, 49)]
+    weights = {s["weights"] for s in starts}
+    assert weights == {"fp32"} if precision == "fp32" else \
+        weights <= {f"bf16 copies kept by the SGD step for lstmkit's layers ({how})"
+                    for how in ("native", "fallback")}
 
 
 @pytest.mark.skipif(not cpu_has_native_bf16(), reason="bf16 runs its LSTM in fp32 on this CPU "

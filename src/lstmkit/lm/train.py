@@ -155,7 +155,7 @@ def implementation(config: LMConfig, model: LanguageModel, device: torch.device,
     products, how the weights reach bf16 products, CPU."""
     precision = resolve_precision(config.precision, device)
     softmax = kernels.implementation("softmax_xent") if device.type == "cpu" else "plain"
-    weights = ("bf16 copies kept by the SGD step "
+    weights = ("bf16 copies kept by the SGD step for lstmkit's layers "
                f"({kernels.implementation('sgd_bf16')})"
                if keeps_bf16_copies(config, model, device, distributed)
                else precision if precision == "fp32" else f"cast to {precision} every window")

@@ -8,13 +8,15 @@ in use (`in_use`), lstmkit's products (the softmax layer, the LSTM layer) take a
 copy instead of casting it and hand it their bf16 gradient instead of autograd (`weight.grad`
 stays unset, as the embedding's row gradients leave it); the gradient norm reads the bf16
 gradients and `step` updates each fp32 weight from its bf16 gradient and writes the new bf16
-copy in the same pass (kernels/sgd_bf16.cpp; the plain path computes the same).
+copy in the same pass (kernels/sgd_bf16.cpp; the plain path computes the same, see _plain_step).
 
-A copy is always what `weight.to(torch.bfloat16)` gives: that cast makes it when it is first
-asked for, the step that changes the weight rewrites it, and a weight changed in place in any
-other way (load_state_dict, a rollback: its version moves) is cast again. A weight that torch's
-optimizer steps instead (its gradient came to `.grad`) loses its copy: PyTorch's fused
-optimizers leave no trace in a tensor's version. The update is torch's fused SGD's, so training
+A copy is always what `weight.to(torch.bfloat16)` gives (NaN's bits aside): that cast makes it
+when it is first asked for, the step that changes the weight rewrites it, and a weight changed
+in place in any other way (load_state_dict, a rollback: its version moves) is cast again. A
+weight that torch's optimizer steps instead (its gradient came to `.grad`) loses its copy:
+PyTorch's fused optimizers leave no trace in a tensor's version, and neither does a write
+through `.data`, so only the trainer's own step may change these weights while they are in use.
+The update is torch's fused SGD's (bit for bit with the CPU wheel's, tested), so training
 computes what it computes with fp32 gradients, save the gradient norm's order of summation. The
 trainer uses it where its step is the whole update: plain SGD without weight decay, one process
 (DDP all-reduces `.grad`) and an untied model (the embedding's use of a tied weight would give
@@ -63,13 +65,17 @@ class Bf16Copies:
         return entry[0]
 
     def take_grad(self, weight: torch.Tensor, grad: torch.Tensor) -> bool:
-        """Keeps `grad` (bf16) as (a part of) `weight`'s gradient; False where `weight` is not
-        one of these weights or `grad` is not bf16 (the caller then returns it to autograd)."""
+        """Keeps `grad` (bf16) as `weight`'s gradient; False where `weight` is not one of these
+        weights or `grad` is not bf16 (the caller then returns it to autograd)."""
         key = id(weight)
         if self._weights.get(key) is not weight or grad.dtype != torch.bfloat16:
             return False
-        grad = grad.contiguous()
-        self._grads[key] = self._grads[key] + grad if key in self._grads else grad
+        if grad.shape != weight.shape:
+            raise ValueError(f"a gradient of shape {tuple(grad.shape)} for a weight of shape "
+                             f"{tuple(weight.shape)}")
+        if key in self._grads:  # autograd would add the parts in fp32; no lstmkit model has two
+            raise RuntimeError("a weight with a bf16 copy was used twice in one window")
+        self._grads[key] = grad.contiguous()
         return True
 
     def clear_grads(self) -> None:
@@ -133,8 +139,9 @@ def gradient_for_autograd(weight: torch.Tensor, grad: torch.Tensor,
 
 def _plain_step(weight: torch.Tensor, grad: torch.Tensor, copy: torch.Tensor, lr: float,
                 divisor: float) -> None:
-    """The kernel's step in PyTorch ops, more passes: w + g * -lr in float64 is the fused
-    multiply-add (the product of two floats is exact there), rounded once more to fp32."""
+    """The kernel's step in PyTorch ops, more passes: w + g * -lr in float64 (the product of two
+    floats is exact there) rounded to fp32 is the kernel's fused multiply-add, except where the
+    float64 sum lands exactly halfway between two floats (rare; then 1 ulp apart)."""
     step = grad.float().div_(divisor).double().mul_(float(torch.tensor(-lr)))
     weight.copy_(step.add_(weight))
     copy.copy_(weight)

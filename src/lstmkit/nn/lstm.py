@@ -135,8 +135,9 @@ class _Layer(torch.autograd.Function):
                                                   c0.contiguous(), save, BLOCK, packed)
         if save:
             ctx.save_for_backward(x, wih, whh, hs, cs, gates)
-            ctx.dtypes = (x.dtype, b_ih.dtype, b_hh.dtype)
-            ctx.weights = (w_ih, w_hh)
+            ctx.dtypes = (x.dtype, w_ih.dtype, w_hh.dtype, b_ih.dtype, b_hh.dtype)
+            # The weights themselves only where their gradients may go to their copies.
+            ctx.weights = (w_ih, w_hh) if ctx.copies is not None else None
             ctx.backend = backend
         ctx.set_materialize_grads(False)
         return hs[1:, :, :H], h_n, c_n
@@ -144,8 +145,7 @@ class _Layer(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_out, d_hn, d_cn):
         x, wih, whh, hs, cs, gates = ctx.saved_tensors
-        x_dtype, bih_dtype, bhh_dtype = ctx.dtypes
-        w_ih, w_hh = ctx.weights
+        x_dtype, wih_dtype, whh_dtype, bih_dtype, bhh_dtype = ctx.dtypes
         T, B, inp = x.shape
         H = whh.size(1)
         compute = wih.dtype
@@ -160,11 +160,14 @@ class _Layer(torch.autograd.Function):
             dx = torch.mm(dg, wih).view(T, B, inp).to(x_dtype) if needs[0] else None
             dw_ih = dw_hh = None
             if needs[3]:
-                dw_ih = gradient_for_autograd(w_ih, torch.mm(dg.t(), x.reshape(T * B, inp)),
-                                              ctx.copies)
+                dw_ih = torch.mm(dg.t(), x.reshape(T * B, inp))
+                dw_ih = gradient_for_autograd(ctx.weights[0], dw_ih, ctx.copies) \
+                    if ctx.weights else dw_ih.to(wih_dtype)
             if needs[4]:
                 h_prev = hs[:-1].reshape(T * B, hs.size(2))[:, :H]
-                dw_hh = gradient_for_autograd(w_hh, torch.mm(dg.t(), h_prev), ctx.copies)
+                dw_hh = torch.mm(dg.t(), h_prev)
+                dw_hh = gradient_for_autograd(ctx.weights[1], dw_hh, ctx.copies) \
+                    if ctx.weights else dw_hh.to(whh_dtype)
         return (dx, dh0, dc0, dw_ih, dw_hh, db.to(bih_dtype) if needs[5] else None,
                 db.to(bhh_dtype) if needs[6] else None, None, None, None)
 

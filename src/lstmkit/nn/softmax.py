@@ -44,14 +44,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
             dlogits = mm_t(h, w)
             nll, grad_bias = softmax_xent_(dlogits, b, targets, want_grad=True)
         ctx.save_for_backward(dlogits, h, w, grad_bias)
-        ctx.dtypes = (hidden.dtype, bias.dtype)
-        ctx.weight = weight
+        ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype)
+        ctx.weight = weight if ctx.copies is not None else None  # for its copy's gradient
         return nll.sum()
 
     @staticmethod
     def backward(ctx, grad_total):
         dlogits, h, w, grad_bias = ctx.saved_tensors
-        hidden_dtype, bias_dtype = ctx.dtypes
+        hidden_dtype, weight_dtype, bias_dtype = ctx.dtypes
         # Scaling the small [N, H] factor, not the [V, H] product, saves a pass over memory.
         h_scaled = h * grad_total.to(h.dtype)
         if ctx.transposed:
@@ -60,9 +60,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
         else:
             grad_hidden = torch.mm(dlogits, w)
             grad_weight = t_mm(dlogits, h_scaled)
-        return (grad_hidden.to(hidden_dtype) * grad_total,
-                gradient_for_autograd(ctx.weight, grad_weight, ctx.copies)
-                if ctx.needs_input_grad[1] else None,
+        if not ctx.needs_input_grad[1]:
+            grad_weight = None
+        elif ctx.weight is not None:
+            grad_weight = gradient_for_autograd(ctx.weight, grad_weight, ctx.copies)
+        else:
+            grad_weight = grad_weight.to(weight_dtype)
+        return (grad_hidden.to(hidden_dtype) * grad_total, grad_weight,
                 (grad_bias * grad_total).to(bias_dtype), None, None)
 
 
