@@ -447,9 +447,17 @@ def _embedding_row_grads(model: LanguageModel, config: LMConfig, world: World
     """The embedding's gradient as the rows each window looked up (nn/embedding.py), where
     the step can take it so: plain SGD without weight decay, one process (DDP all-reduces dense
     gradients) and an embedding that is not also the decoder (whose gradient is dense)."""
-    if world.distributed or model.tied() or not row_sparse_ok(config):
+    if not _step_takes_outside_gradients(config, model, world.distributed):
         return None
     return collect_row_grads(model.embedding)
+
+
+def _step_takes_outside_gradients(config: LMConfig, model: LanguageModel,
+                                  distributed: bool) -> bool:
+    """Whether the SGD step can take gradients kept outside `.grad` (the embedding's rows, bf16
+    weight gradients): plain SGD without weight decay, one process (DDP all-reduces `.grad`)
+    and an untied model (a tied weight would get a second, dense gradient)."""
+    return row_sparse_ok(config) and not distributed and not model.tied()
 
 
 def _bf16_copies(model: LanguageModel, config: LMConfig, world: World) -> Bf16Copies | None:
@@ -462,10 +470,9 @@ def _bf16_copies(model: LanguageModel, config: LMConfig, world: World) -> Bf16Co
 def keeps_bf16_copies(config: LMConfig, model: LanguageModel, device: torch.device,
                       distributed: bool) -> bool:
     """Whether training keeps the weights' bf16 copies in its SGD step: bf16 on the CPU, where
-    that SGD is the whole update (plain, without weight decay), one process and an untied
-    model, as for the embedding's row gradients."""
+    the step takes gradients outside `.grad`, as it does the embedding's rows."""
     return (device.type == "cpu" and resolve_precision(config.precision, device) == "bf16"
-            and not distributed and not model.tied() and row_sparse_ok(config))
+            and _step_takes_outside_gradients(config, model, distributed))
 
 
 def _epoch_windows(rows: torch.Tensor, config: LMConfig, epoch: int, start: int,

@@ -128,13 +128,13 @@ def weight_for_products(weight: torch.Tensor, dtype: torch.dtype,
     return weight.to(dtype)
 
 
-def gradient_for_autograd(weight: torch.Tensor, grad: torch.Tensor,
+def gradient_for_autograd(grad: torch.Tensor, dtype: torch.dtype, weight: torch.Tensor | None,
                           copies: Bf16Copies | None) -> torch.Tensor | None:
     """What a product's backward returns for `weight`: None where `copies` keeps the (bf16)
-    gradient, else the gradient in the weight's dtype."""
-    if copies is not None and copies.take_grad(weight, grad):
+    gradient, else the gradient in `dtype` (the weight's)."""
+    if weight is not None and copies is not None and copies.take_grad(weight, grad):
         return None
-    return grad.to(weight.dtype)
+    return grad.to(dtype)
 
 
 def _plain_step(weight: torch.Tensor, grad: torch.Tensor, copy: torch.Tensor, lr: float,

@@ -158,16 +158,15 @@ class _Layer(torch.autograd.Function):
             dg = dgates.view(T * B, 4 * H)
             needs = ctx.needs_input_grad
             dx = torch.mm(dg, wih).view(T, B, inp).to(x_dtype) if needs[0] else None
+            w_ih, w_hh = ctx.weights or (None, None)
             dw_ih = dw_hh = None
             if needs[3]:
-                dw_ih = torch.mm(dg.t(), x.reshape(T * B, inp))
-                dw_ih = gradient_for_autograd(ctx.weights[0], dw_ih, ctx.copies) \
-                    if ctx.weights else dw_ih.to(wih_dtype)
+                dw_ih = gradient_for_autograd(torch.mm(dg.t(), x.reshape(T * B, inp)),
+                                              wih_dtype, w_ih, ctx.copies)
             if needs[4]:
                 h_prev = hs[:-1].reshape(T * B, hs.size(2))[:, :H]
-                dw_hh = torch.mm(dg.t(), h_prev)
-                dw_hh = gradient_for_autograd(ctx.weights[1], dw_hh, ctx.copies) \
-                    if ctx.weights else dw_hh.to(whh_dtype)
+                dw_hh = gradient_for_autograd(torch.mm(dg.t(), h_prev), whh_dtype, w_hh,
+                                              ctx.copies)
         return (dx, dh0, dc0, dw_ih, dw_hh, db.to(bih_dtype) if needs[5] else None,
                 db.to(bhh_dtype) if needs[6] else None, None, None, None)
 

@@ -60,12 +60,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         else:
             grad_hidden = torch.mm(dlogits, w)
             grad_weight = t_mm(dlogits, h_scaled)
-        if not ctx.needs_input_grad[1]:
-            grad_weight = None
-        elif ctx.weight is not None:
-            grad_weight = gradient_for_autograd(ctx.weight, grad_weight, ctx.copies)
-        else:
-            grad_weight = grad_weight.to(weight_dtype)
+        grad_weight = gradient_for_autograd(grad_weight, weight_dtype, ctx.weight, ctx.copies) \
+            if ctx.needs_input_grad[1] else None
         return (grad_hidden.to(hidden_dtype) * grad_total, grad_weight,
                 (grad_bias * grad_total).to(bias_dtype), None, None)
 
