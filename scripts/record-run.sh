@@ -6,9 +6,10 @@
 #
 # A long run spans segments: a command with --resume continues the record of NAME, appending
 # its command, machine, log and wall time as "segment N" (each segment names its machine).
-# Stop a segment with Ctrl-C (SIGINT) or SIGTERM: the run checkpoints the window it is in
-# (lstmkit.stopping) and the segment's wall time is still written. A segment killed outright
-# (SIGKILL) writes none; the next segment records its span up to the run's last metrics line.
+# Stop a segment with Ctrl-C (SIGINT), SIGTERM or SIGHUP, to this script or its process group:
+# the run checkpoints the window it is in (lstmkit.stopping), and the segment's wall time and
+# the log's last lines are still written. A segment killed outright (SIGKILL) writes none; the
+# next segment records its span up to the run's last metrics line.
 #
 # A record names the commit it ran from, so the tree must be that commit: a tree with changes
 # (tracked or untracked) is refused. --allow-dirty records it anyway, with the changes beside
@@ -169,12 +170,19 @@ finish() {
         if [[ -f $run_dir/$f ]]; then cp "$run_dir/$f" "$out/"; fi
     done
 }
-# Ctrl-C or SIGTERM stops the run with SIGTERM (a background job ignores SIGINT): it ends its
-# window and checkpoints there (a second signal would stop it at once, keeping the last
-# checkpoint: written atomically); the segment is still recorded.
-trap 'set +e; kill -TERM "$pid" 2>/dev/null; wait "$pid"; s=$?; finish "$s"; exit "$s"' INT TERM
-if [[ -n $append ]]; then "$@" > >(tee -a "$out/train.log") 2>&1 & else "$@" > >(tee "$out/train.log") 2>&1 & fi
+# Ctrl-C, SIGTERM or a hang-up stops the run with one SIGTERM: it ends its window and
+# checkpoints there (a second signal stops it at once, keeping the last checkpoint: written
+# atomically); the segment is still recorded. The run and its log's tee get a process group of
+# their own, so that a signal to this script's whole group (a terminal's Ctrl-C, `timeout`, a
+# job scheduler) reaches the run only through this relay, not twice; tee ignores signals and
+# drains until the run exits, so the log keeps the run's last lines.
+trap 'set +e; kill -TERM "$pid" 2>/dev/null; wait "$pid"; s=$?; finish "$s"; exit "$s"' INT TERM HUP
+tee_flags=()
+if [[ -n $append ]]; then tee_flags=(-a); fi
+set -m
+"$@" > >(trap '' INT TERM HUP; exec tee "${tee_flags[@]}" "$out/train.log") 2>&1 &
 pid=$!
+set +m
 set +e
 wait "$pid"
 status=$?

@@ -123,6 +123,60 @@ def test_a_segment_stopped_with_sigterm_still_records_its_wall_time(repo):
     assert "exit status 143" in (out / "wall_time.txt").read_text()
 
 
+# A run as lstmkit's: the first SIGTERM asks it to stop after its window, so it prints its stop
+# line a moment later and exits 128 + 15; it counts the signals that reached it.
+STOPPING_RUN = """
+import signal, sys, time
+got = []
+signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+print("training", flush=True)
+while not got:
+    time.sleep(0.05)
+time.sleep(1)
+print(f"stopped with a checkpoint after {len(got)} signal(s)", flush=True)
+sys.exit(143)
+"""
+
+
+@pytest.mark.parametrize("signum", [2, 15, 1], ids=["SIGINT", "SIGTERM", "SIGHUP"])
+def test_a_signal_to_the_whole_group_stops_the_run_once_and_the_log_keeps_its_end(
+        repo, tmp_path, signum):
+    """Ctrl-C in a terminal, `timeout` and job schedulers signal every process of the group:
+    the run must still hear one stop request (a second means stop at once) and the log's tee
+    must outlive the signal to take down the run's stop line."""
+    run = tmp_path / "stopping_run.py"
+    run.write_text(STOPPING_RUN)
+    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen(["bash", str(repo / "scripts" / "record-run.sh"), "grouped",
+                             str(repo / "run"), "--", sys.executable, str(run)],
+                            env=env, cwd=repo, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out = repo / "results" / "grouped"
+    for _ in range(200):
+        if (out / "train.log").exists() and "training" in (out / "train.log").read_text():
+            break
+        subprocess.run(["sleep", "0.05"], check=True)
+    os.killpg(proc.pid, signum)
+    assert proc.wait(timeout=20) == 143  # the run's own status
+    log = (out / "train.log").read_text()
+    assert log.endswith("stopped with a checkpoint after 1 signal(s)\n"), log
+    assert "exit status 143" in (out / "wall_time.txt").read_text()
+
+
+def run_of(script: int) -> int:
+    """The pid of the run that `script` started: its child leading a process group of its own."""
+    for _ in range(200):
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                _state, parent, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+            except OSError:  # gone meanwhile
+                continue
+            if int(parent) == script and group == stat.parent.name:
+                return int(group)
+        subprocess.run(["sleep", "0.05"], check=True)
+    raise AssertionError(f"record-run.sh (pid {script}) started no run")
+
+
 def test_a_segment_killed_outright_is_accounted_for_by_the_next(repo):
     """SIGKILL leaves no wall time: the next segment writes it, up to the run's last metrics."""
     assert run_script(repo, "killed", "echo", "first").returncode == 0
@@ -138,7 +192,9 @@ def test_a_segment_killed_outright_is_accounted_for_by_the_next(repo):
         subprocess.run(["sleep", "0.1"], check=True)
     started = next(line for line in (out / "machine.txt").read_text().splitlines()[::-1]
                    if line.startswith("date: "))
+    run = run_of(proc.pid)
     os.killpg(proc.pid, 9)
+    os.killpg(run, 9)  # the machine taken away: the run (a group of its own) too
     proc.wait(timeout=20)
     metrics = repo / "run" / "metrics.jsonl"
     metrics.parent.mkdir(exist_ok=True)
