@@ -9,7 +9,8 @@
 # Stop a segment with Ctrl-C (SIGINT), SIGTERM or SIGHUP, to this script or its process group:
 # the run checkpoints the window it is in (lstmkit.stopping), and the segment's wall time and
 # the log's last lines are still written. A segment killed outright (SIGKILL) writes none; the
-# next segment records its span up to the run's last metrics line.
+# next segment records its span up to the run's last metrics line. The run has a process group
+# of its own: a SIGKILL to this script's group leaves it training, so kill the run's too.
 #
 # A record names the commit it ran from, so the tree must be that commit: a tree with changes
 # (tracked or untracked) is refused. --allow-dirty records it anyway, with the changes beside
@@ -175,12 +176,13 @@ finish() {
 # atomically); the segment is still recorded. The run and its log's tee get a process group of
 # their own, so that a signal to this script's whole group (a terminal's Ctrl-C, `timeout`, a
 # job scheduler) reaches the run only through this relay, not twice; tee ignores signals and
-# drains until the run exits, so the log keeps the run's last lines.
+# drains until the run exits, so the log keeps the run's last lines (and, in a background group,
+# still writes to a terminal set to `stty tostop`).
 trap 'set +e; kill -TERM "$pid" 2>/dev/null; wait "$pid"; s=$?; finish "$s"; exit "$s"' INT TERM HUP
 tee_flags=()
 if [[ -n $append ]]; then tee_flags=(-a); fi
 set -m
-"$@" > >(trap '' INT TERM HUP; exec tee "${tee_flags[@]}" "$out/train.log") 2>&1 &
+"$@" > >(trap '' INT TERM HUP TTOU; exec tee "${tee_flags[@]}" "$out/train.log") 2>&1 &
 pid=$!
 set +m
 set +e
