@@ -37,11 +37,25 @@ def repo(tmp_path: Path) -> Path:
     return repo
 
 
+def script_args(repo: Path, *args: str) -> list[str]:
+    """record-run.sh with `args` (its options, NAME), the run dir and then the command."""
+    return ["bash", str(repo / "scripts" / "record-run.sh"), *args, str(repo / "run"), "--"]
+
+
+def script_env() -> dict[str, str]:
+    return {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": os.pathsep.join(sys.path)}
+
+
+def start_script(repo: Path, name: str, *command: str, **popen) -> subprocess.Popen:
+    """record-run.sh NAME running `command` in the background."""
+    return subprocess.Popen([*script_args(repo, name), *command], env=script_env(),
+                            cwd=repo, **popen)
+
+
 def record(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": os.pathsep.join(sys.path)}
-    return subprocess.run(["bash", str(repo / "scripts" / "record-run.sh"), *args,
-                           str(repo / "run"), "--", "echo", "trained"],
-                          capture_output=True, text=True, env=env, cwd=repo, timeout=120)
+    return subprocess.run([*script_args(repo, *args), "echo", "trained"],
+                          capture_output=True, text=True, env=script_env(), cwd=repo,
+                          timeout=120)
 
 
 def cpu_flags() -> set[str]:
@@ -87,10 +101,8 @@ def test_a_record_names_the_cpu_and_a_clean_commit_or_keeps_the_uncommitted_diff
 
 
 def run_script(repo: Path, name: str, *command: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": os.pathsep.join(sys.path)}
-    return subprocess.run(["bash", str(repo / "scripts" / "record-run.sh"), name,
-                           str(repo / "run"), "--", *command],
-                          capture_output=True, text=True, env=env, cwd=repo, timeout=120)
+    return subprocess.run([*script_args(repo, name), *command], capture_output=True,
+                          text=True, env=script_env(), cwd=repo, timeout=120)
 
 
 def test_a_resumed_segment_is_appended_and_a_fresh_run_never_replaces_a_record(repo):
@@ -108,10 +120,8 @@ def test_a_resumed_segment_is_appended_and_a_fresh_run_never_replaces_a_record(r
 
 
 def test_a_segment_stopped_with_sigterm_still_records_its_wall_time(repo):
-    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen(["bash", str(repo / "scripts" / "record-run.sh"), "stopped",
-                             str(repo / "run"), "--", "sleep", "30"], env=env, cwd=repo,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = start_script(repo, "stopped", "sleep", "30", stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE)
     out = repo / "results" / "stopped"
     for _ in range(100):
         if (out / "train.log").exists():
@@ -146,11 +156,8 @@ def test_a_signal_to_the_whole_group_stops_the_run_once_and_the_log_keeps_its_en
     must outlive the signal to take down the run's stop line."""
     run = tmp_path / "stopping_run.py"
     run.write_text(STOPPING_RUN)
-    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen(["bash", str(repo / "scripts" / "record-run.sh"), "grouped",
-                             str(repo / "run"), "--", sys.executable, str(run)],
-                            env=env, cwd=repo, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_script(repo, "grouped", sys.executable, str(run), start_new_session=True,
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     out = repo / "results" / "grouped"
     for _ in range(200):
         if (out / "train.log").exists() and "training" in (out / "train.log").read_text():
@@ -180,11 +187,9 @@ def run_of(script: int) -> int:
 def test_a_segment_killed_outright_is_accounted_for_by_the_next(repo):
     """SIGKILL leaves no wall time: the next segment writes it, up to the run's last metrics."""
     assert run_script(repo, "killed", "echo", "first").returncode == 0
-    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen(["bash", str(repo / "scripts" / "record-run.sh"), "killed",
-                             str(repo / "run"), "--", "bash", "-c", "sleep 30", "--resume"],
-                            env=env, cwd=repo, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_script(repo, "killed", "bash", "-c", "sleep 30", "--resume",
+                        start_new_session=True, stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL)
     out = repo / "results" / "killed"
     for _ in range(100):
         if "segment 2\ndate: " in (out / "machine.txt").read_text():
