@@ -330,3 +330,25 @@ def test_ctrl_c_mentions_checkpoints_only_where_there_are_some(ptb_dir, tmp_path
     assert train(ptb_dir, tmp_path / "run") == 130
     assert capsys.readouterr().err == (
         "lstmkit: interrupted (the last checkpoint, if any, is intact)\n")
+
+
+def test_a_run_no_better_than_word_frequencies_is_warned_about_each_epoch(ptb_dir, tmp_path,
+                                                                          capsys):
+    """A network that does not use its input (here one that barely moves from its start, a
+    near-uniform guess) is flagged after each epoch, on the console and in the metrics log;
+    training goes on. A run that learns is not flagged."""
+    run = tmp_path / "run"
+    assert train(ptb_dir, run, "--learning-rate", "1e-9", "--max-max-epoch", "2") == 0
+    out = capsys.readouterr().out
+    said = [line for line in out.splitlines() if line.startswith("lstmkit: warning:")]
+    assert len(said) == 2 and said[0].startswith(
+        "lstmkit: warning: epoch 1's valid perplexity ") and \
+        "the training text's word frequencies alone" in said[0]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    warned = [r for r in records if r["event"] == "warning"]
+    assert [r["epoch"] for r in warned] == [1, 2]
+    assert all(r["valid_perplexity"] >= r["unigram_perplexity"] > 1 for r in warned)
+    assert records[-1]["event"] == "test", "the run went on to its end"
+
+    assert train(ptb_dir, tmp_path / "learns", "--max-max-epoch", "2") == 0
+    assert "warning" not in capsys.readouterr().out

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from lstmkit.lm.config import preset
-from lstmkit.lm.evaluate import perplexity, stream_perplexity
+from lstmkit.lm.evaluate import perplexity, stream_perplexity, unigram_perplexity
 from lstmkit.lm.model import build_language_model
 
 
@@ -54,3 +54,26 @@ def test_evaluation_leaves_training_mode_as_it_was(model):
     model.train()
     perplexity(model, torch.randint(0, 40, (50,)), 2, 5)
     assert model.training
+
+
+def test_unigram_perplexity_is_that_of_the_training_frequencies_add_one_smoothed():
+    train = torch.tensor([0, 0, 0, 1, 2])  # counts + 1 over a vocabulary of 4: 4, 2, 2, 1 of 9
+    ids = torch.tensor([3, 0, 1])  # the first token is context only: targets 0 and 1
+    want = math.exp(-(math.log(4 / 9) + math.log(2 / 9)) / 2)
+    assert unigram_perplexity(train, ids, 4) == pytest.approx(want, rel=1e-12)
+    assert unigram_perplexity(train, torch.tensor([3]), 4) == math.inf, "no target"
+
+
+def test_a_model_that_ignores_its_input_scores_the_unigram_perplexity(model):
+    """A decoder with zero weights and the log frequencies as its bias predicts the frequencies
+    whatever the LSTM gives: `perplexity` must then equal `unigram_perplexity`."""
+    gen = torch.Generator().manual_seed(3)
+    train = torch.randint(0, 40, (500,), generator=gen) % torch.randint(1, 40, (500,),
+                                                                           generator=gen)
+    ids = torch.randint(0, 40, (300,), generator=gen)
+    counts = torch.bincount(train, minlength=40).double() + 1
+    with torch.no_grad():
+        model.decoder.weight.zero_()
+        model.decoder.bias.copy_((counts / counts.sum()).log())
+    got = stream_perplexity(model, ids).value
+    assert got == pytest.approx(unigram_perplexity(train, ids, 40), rel=1e-5)

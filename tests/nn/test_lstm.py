@@ -73,6 +73,7 @@ def _names(rnn):
     (9, 40, 2, 1, 6),      # batch 1
     (13, 24, 2, 5, 1),     # T = 1
     (10, 130, 2, 3, 4),    # several blocks of units (fused.BLOCK) and a partial one
+    (8, 1500, 2, 2, 3),    # the large preset's hidden size: 23 blocks and a partial one
 ])
 def test_fp32_matches_nn_lstm(backend, input_size, hidden, layers, batch, steps):
     rnn, x, h0, c0, weights = _problem(input_size, hidden, layers, batch, steps)
@@ -88,6 +89,7 @@ def test_fp32_matches_nn_lstm(backend, input_size, hidden, layers, batch, steps)
     (20, 64, 3, 3, 6),
     (8, 7, 1, 1, 1),
     (12, 150, 2, 4, 5),
+    (8, 1500, 2, 2, 3),    # the large preset's hidden size
 ])
 def test_bf16_autocast_close_to_fp32(backend, input_size, hidden, layers, batch, steps):
     rnn, x, h0, c0, weights = _problem(input_size, hidden, layers, batch, steps, seed=1)

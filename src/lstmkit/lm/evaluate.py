@@ -65,3 +65,14 @@ def perplexity(model, ids: torch.Tensor, batch_size: int, num_steps: int,
 def stream_perplexity(model, ids: torch.Tensor, precision: str = "fp32") -> Perplexity:
     """The tutorial's test evaluation: one unbroken stream (batch 1, every target counted)."""
     return perplexity(model, ids, 1, STREAM_NUM_STEPS, precision)
+
+
+def unigram_perplexity(train: torch.Tensor, ids: torch.Tensor, vocab_size: int) -> float:
+    """Perplexity of `ids`' targets (all but the first token) under the training stream's token
+    frequencies alone, add-one smoothed: the level of a model that ignores its input."""
+    counts = torch.bincount(train.flatten().long().cpu(), minlength=vocab_size).double() + 1
+    log_p = counts.log() - counts.sum().log()
+    targets = ids.flatten()[1:].long().cpu()
+    if targets.numel() == 0:
+        return math.inf
+    return math.exp(-float(log_p[targets].mean()))

@@ -32,7 +32,7 @@ from lstmkit.lm.batching import (
 )
 from lstmkit.lm.config import LMConfig
 from lstmkit.lm.data import TokenSplits
-from lstmkit.lm.evaluate import perplexity, stream_perplexity
+from lstmkit.lm.evaluate import perplexity, stream_perplexity, unigram_perplexity
 from lstmkit.lm.model import (
     LanguageModel,
     LMShape,
@@ -259,6 +259,7 @@ def _train_in_run(config: LMConfig, data: TokenSplits, run: RunDir,
         if not resume:  # something to roll back to; a run it replaces stays until a real one
             save.checkpoint(progress, carried=None, best=False, accept=False)
 
+    unigram = unigram_perplexity(data.train, data.valid, len(data.vocab))
     stops.arm()  # from here a signal stops training at a window's end, with a checkpoint
     while progress.epoch <= config.max_max_epoch and not plan.finished(progress):
         epoch = progress.epoch
@@ -297,6 +298,7 @@ def _train_in_run(config: LMConfig, data: TokenSplits, run: RunDir,
         if average.active:
             record["averaged_steps"] = average.count
         _check_averaging(config, progress, valid.value, average, console, metrics)
+        _check_against_unigram(epoch, valid.value, unigram, data.level, console, metrics)
         metrics.write(record)
         progress.history.append(record)
         improved = progress.best_valid is None or valid.value < progress.best_valid
@@ -348,6 +350,22 @@ def _check_averaging(config: LMConfig, progress: Progress, valid: float,
                     f"the last {config.asgd_nonmono} checks; averaging the weights from here")
         metrics.write({"event": "averaging", "epoch": progress.epoch,
                        "windows_done": progress.windows_done})
+
+
+def _check_against_unigram(epoch: int, valid: float, unigram: float, level: str,
+                           console: Console, metrics: MetricsLog) -> None:
+    """Warns where valid perplexity is no better than the training text's token frequencies
+    alone: the network has stopped using its input. A `large` run can collapse so in its first
+    windows and train on for hours to no use (docs/reproduction.md); training goes on."""
+    if valid < unigram:
+        return
+    tokens = "word" if level == "word" else "character"
+    console.say(f"lstmkit: warning: epoch {epoch}'s valid perplexity {valid:.1f} is no better "
+                f"than {unigram:.1f}, the training text's {tokens} frequencies alone: the network "
+                f"is not using its input (a run that collapsed so at its start stayed there, "
+                f"docs/reproduction.md); another --seed starts a different run")
+    metrics.write({"event": "warning", "epoch": epoch, "warning": "no better than unigram",
+                   "valid_perplexity": valid, "unigram_perplexity": unigram})
 
 
 def _start_budget(config: LMConfig, model: LanguageModel, data: TokenSplits,
