@@ -362,8 +362,8 @@ def _check_against_unigram(epoch: int, valid: float, unigram: float, level: str,
     tokens = "word" if level == "word" else "character"
     console.say(f"lstmkit: warning: epoch {epoch}'s valid perplexity {valid:.1f} is no better "
                 f"than {unigram:.1f}, the training text's {tokens} frequencies alone: the network "
-                f"is not using its input (a run that collapsed so at its start stayed there, "
-                f"docs/reproduction.md); another --seed starts a different run")
+                f"is not using its input (a run that collapsed so at its start was still there "
+                f"an epoch later, docs/reproduction.md); another --seed starts a different run")
     metrics.write({"event": "warning", "epoch": epoch, "warning": "no better than unigram",
                    "valid_perplexity": valid, "unigram_perplexity": unigram})
 
