@@ -52,10 +52,15 @@ def start_script(repo: Path, name: str, *command: str, **popen) -> subprocess.Po
                             cwd=repo, **popen)
 
 
+def finished_script(repo: Path, args: tuple[str, ...], command: tuple[str, ...]
+                    ) -> subprocess.CompletedProcess:
+    """record-run.sh with `args` (its options, NAME) running `command`, to its end."""
+    return subprocess.run([*script_args(repo, *args), *command], capture_output=True,
+                          text=True, env=script_env(), cwd=repo, timeout=120)
+
+
 def record(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*script_args(repo, *args), "echo", "trained"],
-                          capture_output=True, text=True, env=script_env(), cwd=repo,
-                          timeout=120)
+    return finished_script(repo, args, ("echo", "trained"))
 
 
 def cpu_flags() -> set[str]:
@@ -101,8 +106,7 @@ def test_a_record_names_the_cpu_and_a_clean_commit_or_keeps_the_uncommitted_diff
 
 
 def run_script(repo: Path, name: str, *command: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*script_args(repo, name), *command], capture_output=True,
-                          text=True, env=script_env(), cwd=repo, timeout=120)
+    return finished_script(repo, (name,), command)
 
 
 def test_a_resumed_segment_is_appended_and_a_fresh_run_never_replaces_a_record(repo):

@@ -69,10 +69,11 @@ def stream_perplexity(model, ids: torch.Tensor, precision: str = "fp32") -> Perp
 
 def unigram_perplexity(train: torch.Tensor, ids: torch.Tensor, vocab_size: int) -> float:
     """Perplexity of `ids`' targets (all but the first token) under the training stream's token
-    frequencies alone, add-one smoothed: the level of a model that ignores its input."""
-    counts = torch.bincount(train.flatten().long().cpu(), minlength=vocab_size).double() + 1
+    frequencies alone, add-one smoothed: the level of a model that ignores its input. Both are
+    token streams as TokenSplits holds them (1-D int64 on the CPU)."""
+    counts = torch.bincount(train, minlength=vocab_size).double() + 1
     log_p = counts.log() - counts.sum().log()
-    targets = ids.flatten()[1:].long().cpu()
+    targets = ids[1:]
     if targets.numel() == 0:
         return math.inf
     return math.exp(-float(log_p[targets].mean()))
