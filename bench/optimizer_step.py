@@ -3,7 +3,8 @@
 Both clip the gradients to the preset's total norm and take an SGD step on the preset's
 parameters (random gradients): `plain` is what users write (`clip_grad_norm_`, then
 `torch.optim.SGD.step()`), `lstmkit` is `lm/optim.py` (the norm, then one fused pass that
-divides by the clipping factor and updates). Interleaved, medians in ms, one JSON line a preset.
+divides by the clipping factor and updates). Interleaved, medians in ms, one JSON line a preset,
+with each side's gradient norm relative to the float64 one (`norm_relative_error`).
 
     python bench/optimizer_step.py --presets small medium large
 """
@@ -24,13 +25,28 @@ from lstmkit.lm.optim import clipped_step, gradient_norm, make_optimizer
 from throughput import machine, parse_args
 
 
+def model_with_gradients(name: str) -> torch.nn.Module:
+    """The preset's model with random gradients, the same for every call."""
+    torch.manual_seed(0)
+    model = build_language_model(preset(name), 10_000)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p) * 0.1
+    return model
+
+
+def norm_errors(name: str) -> dict[str, float]:
+    """Each side's total gradient norm relative to the float64 one, on the same gradients."""
+    grads = [p.grad for p in model_with_gradients(name).parameters()]
+    exact = sum(float(g.double().square().sum()) for g in grads) ** 0.5
+    norms = {"plain": torch.nn.utils.get_total_norm(grads),  # what clip_grad_norm_ computes
+             "lstmkit": gradient_norm(list(model_with_gradients(name).parameters()))}
+    return {side: float(f"{abs(float(norm) - exact) / exact:.2e}") for side, norm in norms.items()}
+
+
 def make_step(name: str, side: str) -> Callable[[], None]:
     config = preset(name)
-    torch.manual_seed(0)
-    model = build_language_model(config, 10_000)
+    model = model_with_gradients(name)
     params = list(model.parameters())
-    for p in params:
-        p.grad = torch.randn_like(p) * 0.1
     if side == "plain":
         optimizer = torch.optim.SGD(params, lr=config.learning_rate)
 
@@ -75,6 +91,7 @@ def main(argv=None) -> int:
         ms = {side: round(statistics.median(t), 3) for side, t in times.items()}
         print(json.dumps({"preset": name, "ms": ms,
                           "plain_over_lstmkit": round(ms["plain"] / ms["lstmkit"], 2),
+                          "norm_relative_error": norm_errors(name),
                           "machine": where}), flush=True)
     return 0
 
