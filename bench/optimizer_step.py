@@ -4,7 +4,8 @@ Both clip the gradients to the preset's total norm and take an SGD step on the p
 parameters (random gradients): `plain` is what users write (`clip_grad_norm_`, then
 `torch.optim.SGD.step()`), `lstmkit` is `lm/optim.py` (the norm, then one fused pass that
 divides by the clipping factor and updates). Interleaved, medians in ms, one JSON line a preset,
-with each side's gradient norm relative to the float64 one (`norm_relative_error`).
+with each side's gradient norm relative to the float64 one (`norm_relative_error`), and the time
+of lstmkit's norm alone against one BLAS dot per gradient, the fastest simple way (`norm_ms`).
 
     python bench/optimizer_step.py --presets small medium large
 """
@@ -43,6 +44,28 @@ def norm_errors(name: str) -> dict[str, float]:
     return {side: float(f"{abs(float(norm) - exact) / exact:.2e}") for side, norm in norms.items()}
 
 
+def norm_times(name: str, repeats: int, rounds: int) -> dict[str, float]:
+    """Medians in ms, interleaved: lstmkit's gradient norm, and one dot per whole gradient."""
+    params = list(model_with_gradients(name).parameters())
+    flats = [p.grad.reshape(-1) for p in params]
+    norms = {"one_dot": lambda: float(torch.stack([torch.dot(g, g) for g in flats]).sum().sqrt()),
+             "lstmkit": lambda: float(gradient_norm(params))}
+    return interleaved_medians(norms, repeats, rounds)
+
+
+def interleaved_medians(steps: dict[str, Callable[[], object]], repeats: int, rounds: int
+                        ) -> dict[str, float]:
+    """Each callable's median ms over `rounds` rounds of `repeats` calls, the order alternating."""
+    times: dict[str, list[float]] = {side: [] for side in steps}
+    for step in steps.values():
+        median_ms(step, 3)  # warm-up
+    for round_ in range(rounds):
+        order = list(steps) if round_ % 2 == 0 else list(reversed(steps))
+        for side in order:
+            times[side].append(median_ms(steps[side], repeats))
+    return {side: round(statistics.median(t), 3) for side, t in times.items()}
+
+
 def make_step(name: str, side: str) -> Callable[[], None]:
     config = preset(name)
     model = model_with_gradients(name)
@@ -63,7 +86,7 @@ def make_step(name: str, side: str) -> Callable[[], None]:
     return step
 
 
-def median_ms(step: Callable[[], None], repeats: int) -> float:
+def median_ms(step: Callable[[], object], repeats: int) -> float:
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -81,17 +104,11 @@ def main(argv=None) -> int:
     where = machine()
     for name in args.presets:
         steps = {side: make_step(name, side) for side in ("plain", "lstmkit")}
-        times: dict[str, list[float]] = {side: [] for side in steps}
-        for step in steps.values():
-            median_ms(step, 3)  # warm-up
-        for round_ in range(args.rounds):
-            order = list(steps) if round_ % 2 == 0 else list(reversed(steps))
-            for side in order:
-                times[side].append(median_ms(steps[side], args.repeats))
-        ms = {side: round(statistics.median(t), 3) for side, t in times.items()}
+        ms = interleaved_medians(steps, args.repeats, args.rounds)
         print(json.dumps({"preset": name, "ms": ms,
                           "plain_over_lstmkit": round(ms["plain"] / ms["lstmkit"], 2),
                           "norm_relative_error": norm_errors(name),
+                          "norm_ms": norm_times(name, args.repeats, args.rounds),
                           "machine": where}), flush=True)
     return 0
 
