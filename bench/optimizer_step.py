@@ -35,18 +35,17 @@ def model_with_gradients(name: str) -> torch.nn.Module:
     return model
 
 
-def norm_errors(name: str) -> dict[str, float]:
+def norm_errors(params: list[torch.Tensor]) -> dict[str, float]:
     """Each side's total gradient norm relative to the float64 one, on the same gradients."""
-    grads = [p.grad for p in model_with_gradients(name).parameters()]
+    grads = [p.grad for p in params]
     exact = sum(float(g.double().square().sum()) for g in grads) ** 0.5
     norms = {"plain": torch.nn.utils.get_total_norm(grads),  # what clip_grad_norm_ computes
-             "lstmkit": gradient_norm(list(model_with_gradients(name).parameters()))}
+             "lstmkit": gradient_norm(params)}
     return {side: float(f"{abs(float(norm) - exact) / exact:.2e}") for side, norm in norms.items()}
 
 
-def norm_times(name: str, repeats: int, rounds: int) -> dict[str, float]:
+def norm_times(params: list[torch.Tensor], repeats: int, rounds: int) -> dict[str, float]:
     """Medians in ms, interleaved: lstmkit's gradient norm, and one dot per whole gradient."""
-    params = list(model_with_gradients(name).parameters())
     flats = [p.grad.reshape(-1) for p in params]
     norms = {"one_dot": lambda: float(torch.stack([torch.dot(g, g) for g in flats]).sum().sqrt()),
              "lstmkit": lambda: float(gradient_norm(params))}
@@ -105,10 +104,11 @@ def main(argv=None) -> int:
     for name in args.presets:
         steps = {side: make_step(name, side) for side in ("plain", "lstmkit")}
         ms = interleaved_medians(steps, args.repeats, args.rounds)
+        params = list(model_with_gradients(name).parameters())  # read only, unlike the steps'
         print(json.dumps({"preset": name, "ms": ms,
                           "plain_over_lstmkit": round(ms["plain"] / ms["lstmkit"], 2),
-                          "norm_relative_error": norm_errors(name),
-                          "norm_ms": norm_times(name, args.repeats, args.rounds),
+                          "norm_relative_error": norm_errors(params),
+                          "norm_ms": norm_times(params, args.repeats, args.rounds),
                           "machine": where}), flush=True)
     return 0
 

@@ -133,8 +133,8 @@ def test_the_gradient_norm_is_close_to_the_float64_one_on_millions_of_gradients(
     for p in params:
         p.grad = torch.randn_like(p)
     exact = sum(float((p.grad.double() ** 2).sum()) for p in params) ** 0.5
-    # torch.linalg.vector_norm's fp32 sum lands ~1e-4 away here, one BLAS dot 2e-6 (Xeon) to
-    # 2e-5 (Zen 3) away: the norm adds chunks' dot products in float64
+    # torch.linalg.vector_norm's fp32 sum lands ~1e-4 away here, one BLAS dot 2e-6 to 2e-5 away
+    # by the CPU (2e-5 on a Zen 3): the norm adds chunks' dot products in float64
     assert float(gradient_norm(params)) == pytest.approx(exact, rel=1e-6)
     for p, value in zip(params, (float("inf"), 1.0, float("nan")), strict=True):
         p.grad[0] = value
