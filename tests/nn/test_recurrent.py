@@ -12,6 +12,8 @@ from lstmkit.lm.data import load_text_corpus
 from lstmkit.lm.model import build_language_model
 from lstmkit.lm.optim import clipped_step, gradient_norm, make_optimizer
 from lstmkit.lm.runs import load_lm
+from lstmkit.nn import recurrent
+from lstmkit.nn.lstm import weights_kept
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
@@ -65,3 +67,32 @@ def test_cell_flag_trains_saves_and_reloads_that_cell(cell, text_file, tmp_path)
     epochs = [r for r in records if r["event"] == "epoch"]
     assert epochs[1]["train_loss"] < epochs[0]["train_loss"]
     assert epochs[1]["valid_loss"] < epochs[0]["valid_loss"]
+
+
+@pytest.mark.parametrize("amx", [False, True])
+def test_auto_evaluates_in_lstmkits_layer_inside_a_kept_block_at_every_width(monkeypatch, amx):
+    monkeypatch.setattr(recurrent, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(recurrent, "cpu_has_amx", lambda: amx)
+    cpu = torch.device("cpu")
+    narrow, wide = nn.LSTM(8, 650, 2), nn.LSTM(8, recurrent.NATIVE_EVAL_MIN_HIDDEN, 2)
+
+    def native(rnn, kept, bf16=True, impl="auto"):
+        return recurrent.uses_native_lstm(rnn, cpu, impl, bf16, training=False, kept=kept)
+
+    assert native(narrow, kept=True) and native(wide, kept=True)
+    assert native(narrow, kept=False) == amx, "outside a block: every width only with AMX"
+    assert native(wide, kept=False)
+    assert not native(narrow, kept=True, bf16=False), "fp32 evaluates in oneDNN's layer"
+    assert not native(narrow, kept=True, impl="onednn")
+
+
+def test_a_call_sees_whether_it_runs_inside_a_kept_block(monkeypatch):
+    monkeypatch.setattr(recurrent, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(recurrent, "cpu_has_amx", lambda: False)
+    rnn = nn.LSTM(8, 16, 2).eval()
+    inputs = torch.zeros(1, 3, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        assert not recurrent._native_here(rnn, inputs, "auto")
+        with weights_kept():
+            assert recurrent._native_here(rnn, inputs, "auto")
+        assert not recurrent._native_here(rnn, inputs, "auto")

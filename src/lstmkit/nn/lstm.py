@@ -205,6 +205,11 @@ def weights_kept() -> Iterator[None]:
         _KEPT.reset(token)
 
 
+def weights_are_kept() -> bool:
+    """Whether this call runs inside a `weights_kept()` block."""
+    return _KEPT.get() is not None
+
+
 def _inference_weights(w_ih: torch.Tensor, w_hh: torch.Tensor, whh: torch.Tensor,
                        compute: torch.dtype, backend: ModuleType
                        ) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -17,7 +17,7 @@ from torch import nn
 
 from lstmkit.device import cpu_has_amx, cpu_has_native_bf16
 from lstmkit.nn.dropout import hash_dropout
-from lstmkit.nn.lstm import fused_lstm, lstm_weights, native_kernel
+from lstmkit.nn.lstm import fused_lstm, lstm_weights, native_kernel, weights_are_kept
 
 State = tuple[torch.Tensor, ...]
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -36,9 +36,13 @@ CELLS = tuple(_MODULES)  # the cells every model of the package can be built wit
 LSTM_IMPLS = ("auto", "native", "onednn")
 # Where "auto" runs our LSTM layer under bf16: training at every size (1.42x at hidden 200,
 # 1.63x at 650, 3.05x at 1500 against oneDNN's bf16 LSTM on a Zen 5, bench/lstm_layer.py).
-# Evaluation: on a CPU with AMX at every size (1.51x / 1.76x / 1.24x at batch 10, 1.6x / 1.01x /
-# 0.97x for the batch-1 stream, on a Xeon); on one with AVX512-BF16 alone only from this width
-# on (oneDNN's forward alone is faster below it on a Zen 5). In fp32 oneDNN is faster.
+# Evaluation inside a `weights_kept` block (evaluation passes, scoring, sampling), which casts
+# and packs the weights once, at every size: 1.09x / 1.12x / 1.42x at batch 10, 1.31-1.35x for
+# the batch-1 stream, 1.8-5.1x for one token, at hidden 200 / 650 / 1500 on a Zen 4 with
+# AVX512-BF16 alone (--kept). A call outside one packs W_hh itself: there on a CPU with AMX at
+# every size (1.51x / 1.76x / 1.24x at batch 10 on a Xeon), on one with AVX512-BF16 alone only
+# from this width on (oneDNN's forward is faster below it on a Zen 4 and a Zen 5).
+# In fp32 oneDNN is faster.
 NATIVE_EVAL_MIN_HIDDEN = 1024
 
 
@@ -75,24 +79,26 @@ def run_recurrent(rnn: nn.RNNBase, inputs: torch.Tensor, state: State,
 
 
 def uses_native_lstm(rnn: nn.RNNBase, device: torch.device, lstm_impl: str,
-                     bf16: bool, training: bool) -> bool:
+                     bf16: bool, training: bool, kept: bool) -> bool:
     """Whether an LSTM runs through our own layer: always with "native" (on the CPU), never
-    with "onednn"; with "auto" where it measured faster (bf16; see NATIVE_EVAL_MIN_HIDDEN)."""
+    with "onednn"; with "auto" where it measured faster (bf16; see NATIVE_EVAL_MIN_HIDDEN).
+    `kept`: the call runs inside a `weights_kept` block."""
     if not isinstance(rnn, nn.LSTM) or device.type != "cpu" or lstm_impl == "onednn":
         return False
     if lstm_impl == "native":
         return True
     return bf16 and cpu_has_native_bf16() and (
-        training or cpu_has_amx() or rnn.hidden_size >= NATIVE_EVAL_MIN_HIDDEN)
+        training or kept or cpu_has_amx() or rnn.hidden_size >= NATIVE_EVAL_MIN_HIDDEN)
 
 
 def describe_lstm_impl(rnn: nn.RNNBase, device: torch.device, lstm_impl: str, bf16: bool
                        ) -> str:
-    """For run headers and logs: which recurrent layer trains and which evaluates."""
+    """For run headers and logs: which recurrent layer trains and which evaluates (a run's
+    evaluation passes hold their weights in a `weights_kept` block)."""
     if not isinstance(rnn, nn.LSTM):
         return f"PyTorch {type(rnn).__name__}"
     def name(training: bool) -> str:
-        if not uses_native_lstm(rnn, device, lstm_impl, bf16, training):
+        if not uses_native_lstm(rnn, device, lstm_impl, bf16, training, kept=True):
             return "oneDNN" if device.type == "cpu" else "cuDNN"
         return "lstmkit" if native_kernel() is not None else "lstmkit (plain PyTorch)"
     train, evaluate = name(True), name(False)
@@ -109,11 +115,12 @@ def is_lstm(rnn: nn.Module) -> bool:
 
 
 def _native_here(rnn: nn.RNNBase, inputs: torch.Tensor, lstm_impl: str) -> bool:
-    """`uses_native_lstm` for this call: its device, autocast precision and grad mode."""
+    """`uses_native_lstm` for this call: its device, autocast precision, grad mode and whether
+    it runs inside a `weights_kept` block."""
     bf16 = torch.is_autocast_enabled("cpu") and \
         torch.get_autocast_dtype("cpu") == torch.bfloat16
     training = rnn.training and torch.is_grad_enabled()
-    return uses_native_lstm(rnn, inputs.device, lstm_impl, bf16, training)
+    return uses_native_lstm(rnn, inputs.device, lstm_impl, bf16, training, weights_are_kept())
 
 
 def _run(rnn: nn.RNNBase, inputs: torch.Tensor, state: State, lstm_impl: str
