@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import gc
 import json
 import os
@@ -196,6 +197,10 @@ def bench_preset(name, cell, args, ids, vocab_size) -> dict:
                "plain_fp32": baseline_runner(config, vocab_size, "fp32")}
     if cpu_has_native_bf16():
         runners["plain_bf16"] = baseline_runner(config, vocab_size, "bf16")
+    if args.also_lstm_impl:  # lstmkit with the other LSTM layer, interleaved like the rest
+        other = dataclasses.replace(config, lstm_impl=args.also_lstm_impl)
+        runners[f"lstmkit_{args.also_lstm_impl}"] = lstmkit_runner(other, vocab_size,
+                                                                   args.cast_weights)
     rows = batch_rows(ids, config.batch_size)
     windows = list(bptt_windows(rows, config.num_steps))
     eval_rows = batch_rows(ids, config.eval_batch_size)
@@ -220,6 +225,9 @@ def bench_preset(name, cell, args, ids, vocab_size) -> dict:
             timings["stream"][who].append(timed_eval(eval_step, stream_windows[:n * 2]))
     result = {"preset": name, "cell": cell, "precision": resolved,
               "implementation": implementation(config, args.cast_weights)}
+    if args.also_lstm_impl:
+        result[f"implementation_lstmkit_{args.also_lstm_impl}"] = implementation(
+            other, args.cast_weights)
     for kind, runs in timings.items():
         med = {k: statistics.median(v) for k, v in runs.items()}
         result[f"{kind}_words_per_sec"] = {k: round(v) for k, v in med.items()}
@@ -297,6 +305,9 @@ def main(argv=None) -> int:
     p.add_argument("--cast-weights", action="store_true",
                    help="lstmkit's bf16 training casting the weights every window and stepping "
                         "from fp32 gradients, without the bf16 copies its SGD step keeps")
+    p.add_argument("--also-lstm-impl", choices=("native", "onednn"),
+                   help="also time lstmkit with this LSTM layer (--lstm-impl), as a runner of "
+                        "its own: ratios against it come out like the baselines'")
     args = parse_args(p, argv)
     softmax.TRANSPOSED_LOGITS = not args.logits_rows
     ids, vocab_size = corpus(args.data_dir)

@@ -316,25 +316,26 @@ def test_a_model_with_a_narrower_top_layer_carries_its_state_across_windows(laye
         assert torch.count_nonzero(end[0][-1, :, 5:]) == 0
 
 
-def test_the_run_header_names_the_layer_each_stack_runs_where_they_differ(monkeypatch):
+def test_the_run_header_names_the_layer_a_tied_model_with_a_narrower_top_runs(monkeypatch):
     monkeypatch.setattr(recurrent, "cpu_has_native_bf16", lambda: True)
     monkeypatch.setattr(recurrent, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(recurrent, "native_kernel", lambda: object())
     cpu = torch.device("cpu")
     with torch.device("meta"):
         awd = LanguageModel(LMShape.of(preset("awd"), 100))
+    assert awd.rnn_top is not None, "the preset's top layer is narrower"
 
-    def described(model, impl, bf16=True):
-        model.lstm_impl = impl
-        return model.describe_recurrent(cpu, bf16=bf16).replace(" (plain PyTorch)", "")
+    def described(impl, bf16=True):
+        awd.lstm_impl = impl
+        return awd.describe_recurrent(cpu, bf16=bf16)
 
     # auto: lstmkit's layer trains, and evaluates (its passes hold their weights) at every width
-    assert described(awd, "auto") == "lstmkit"
-    assert described(awd, "onednn") == "oneDNN"
-    assert described(awd, "auto", bf16=False) == "oneDNN"
-    # where a rule picked by width, the narrower top layer would be named apart
-    monkeypatch.setattr(recurrent, "uses_native_lstm",
-                        lambda rnn, *args, **kw: rnn.hidden_size > 500)
-    assert described(awd, "auto") == "layers 1-2: lstmkit; top layer: oneDNN"
+    assert described("auto") == "lstmkit"
+    assert described("onednn") == "oneDNN"
+    assert described("auto", bf16=False) == "oneDNN"
+    monkeypatch.setattr(recurrent, "native_kernel", lambda: None)
+    assert described("auto") == "oneDNN", "auto never picks the plain-PyTorch fallback"
+    assert described("native") == "lstmkit (plain PyTorch)"
 
 
 def test_a_new_run_of_one_tied_layer_of_another_size_than_hidden_size_is_refused(ptb_dir,

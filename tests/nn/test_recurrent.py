@@ -73,22 +73,32 @@ def test_cell_flag_trains_saves_and_reloads_that_cell(cell, text_file, tmp_path)
 def test_auto_evaluates_in_lstmkits_layer_inside_a_kept_block_at_every_width(monkeypatch, amx):
     monkeypatch.setattr(recurrent, "cpu_has_native_bf16", lambda: True)
     monkeypatch.setattr(recurrent, "cpu_has_amx", lambda: amx)
+    monkeypatch.setattr(recurrent, "native_kernel", lambda: object())
     cpu = torch.device("cpu")
-    narrow, wide = nn.LSTM(8, 650, 2), nn.LSTM(8, recurrent.NATIVE_EVAL_MIN_HIDDEN, 2)
+    with torch.device("meta"):
+        narrow, wide = nn.LSTM(8, 650, 2), nn.LSTM(8, recurrent.NATIVE_EVAL_MIN_HIDDEN, 2)
 
-    def native(rnn, kept, bf16=True, impl="auto"):
-        return recurrent.uses_native_lstm(rnn, cpu, impl, bf16, training=False, kept=kept)
+    def native(rnn, kept, bf16=True, impl="auto", device=cpu):
+        return recurrent.uses_native_lstm(rnn, device, impl, bf16, training=False, kept=kept)
 
     assert native(narrow, kept=True) and native(wide, kept=True)
     assert native(narrow, kept=False) == amx, "outside a block: every width only with AMX"
     assert native(wide, kept=False)
     assert not native(narrow, kept=True, bf16=False), "fp32 evaluates in oneDNN's layer"
     assert not native(narrow, kept=True, impl="onednn")
+    assert not native(narrow, kept=True, device=torch.device("cuda")), "cuDNN's on a GPU"
+    monkeypatch.setattr(recurrent, "cpu_has_native_bf16", lambda: False)
+    assert not native(wide, kept=True), "emulated bf16: the layer runs in fp32, oneDNN's"
+    monkeypatch.setattr(recurrent, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(recurrent, "native_kernel", lambda: None)
+    assert not native(wide, kept=True), "never the plain-PyTorch fallback's loop over steps"
+    assert native(wide, kept=True, impl="native"), "unless asked for"
 
 
 def test_a_call_sees_whether_it_runs_inside_a_kept_block(monkeypatch):
     monkeypatch.setattr(recurrent, "cpu_has_native_bf16", lambda: True)
     monkeypatch.setattr(recurrent, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(recurrent, "native_kernel", lambda: object())
     rnn = nn.LSTM(8, 16, 2).eval()
     inputs = torch.zeros(1, 3, 8)
     with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():

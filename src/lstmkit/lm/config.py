@@ -58,7 +58,9 @@ class LMConfig:
         "a recurrent layer of H units in [-1/sqrt(H), 1/sqrt(H)]", INITS)
     lstm_impl: str = described(
         "auto", "the LSTM layer: lstmkit's own (native), oneDNN's nn.LSTM (onednn), or auto: "
-        "ours where it measured faster (bf16 training; bf16 evaluation from hidden 1024)",
+        "ours where it measured faster (bf16 with its compiled kernel: training, and "
+        "evaluation passes, scoring and sampling; other calls without gradients with AMX, or "
+        "from hidden 1024)",
         LSTM_IMPLS)
     # --- AWD-LSTM's regularisers (Merity et al. 2017) and schedule; all off by default, so the
     # tutorial's presets are unchanged. docs/regularisers.md says what each does. ---

@@ -169,16 +169,9 @@ class LanguageModel(nn.Module):
         return [self.rnn] if self.rnn_top is None else [self.rnn, self.rnn_top]
 
     def describe_recurrent(self, device: torch.device, bf16: bool) -> str:
-        """For run headers: the recurrent layers that run; a narrower top layer (a tied
-        model's) is named apart where it runs another layer than those below (auto picks
-        per size)."""
-        stacks = self.recurrent_stacks()
-        names = [describe_lstm_impl(rnn, device, self.lstm_impl, bf16) for rnn in stacks]
-        if len(set(names)) == 1:
-            return names[0]
-        below = stacks[0].num_layers
-        lower = "layer 1" if below == 1 else f"layers 1-{below}"
-        return f"{lower}: {names[0]}; top layer: {names[1]}"
+        """For run headers: the recurrent layer that runs (a narrower top layer, a tied
+        model's, is the same cell and runs in the same layer: the choice is not by size)."""
+        return describe_lstm_impl(self.rnn, device, self.lstm_impl, bf16)
 
     def zero_state(self, batch_size: int) -> State:
         weight = self.embedding.weight  # never quantised (lm.quantize), unlike the decoder

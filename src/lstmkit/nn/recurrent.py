@@ -34,15 +34,17 @@ class LayerHooks:
 _MODULES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 CELLS = tuple(_MODULES)  # the cells every model of the package can be built with
 LSTM_IMPLS = ("auto", "native", "onednn")
-# Where "auto" runs our LSTM layer under bf16: training at every size (1.42x at hidden 200,
-# 1.63x at 650, 3.05x at 1500 against oneDNN's bf16 LSTM on a Zen 5, bench/lstm_layer.py).
-# Evaluation inside a `weights_kept` block (evaluation passes, scoring, sampling), which casts
-# and packs the weights once, at every size: 1.09x / 1.12x / 1.42x at batch 10, 1.31-1.35x for
-# the batch-1 stream, 1.8-5.1x for one token, at hidden 200 / 650 / 1500 on a Zen 4 with
-# AVX512-BF16 alone (--kept). A call outside one packs W_hh itself: there on a CPU with AMX at
-# every size (1.51x / 1.76x / 1.24x at batch 10 on a Xeon), on one with AVX512-BF16 alone only
-# from this width on (oneDNN's forward is faster below it on a Zen 4 and a Zen 5).
-# In fp32 oneDNN is faster.
+# Where "auto" runs our LSTM layer under bf16, with its compiled kernel (the plain-PyTorch
+# fallback loops over time steps in Python): training at every size (1.42x at hidden 200, 1.63x
+# at 650, 3.05x at 1500 against oneDNN's bf16 LSTM on a Zen 5, bench/lstm_layer.py).
+# Evaluation inside a `weights_kept` block (evaluation passes, scoring, `sample`, beam search),
+# which casts and packs the weights once, at every size: 1.09x / 1.12x / 1.42x at batch 10,
+# 1.31-1.35x for the batch-1 stream, 1.8-5.1x for one token, at hidden 200 / 650 / 1500 on a
+# Zen 4 with AVX512-BF16 alone (--kept). A call outside one (the generators `serve` streams
+# from) packs W_hh itself: there on a CPU with AMX at every size (1.51x / 1.76x / 1.24x at batch
+# 10 on a Xeon); on one with AVX512-BF16 alone from this width on, since oneDNN's forward was
+# faster at hidden 650 on a Zen 5 and a Zen 4 (0.6-0.87x; at 200 0.98-1.15x). In fp32 oneDNN
+# is faster.
 NATIVE_EVAL_MIN_HIDDEN = 1024
 
 
@@ -87,22 +89,19 @@ def uses_native_lstm(rnn: nn.RNNBase, device: torch.device, lstm_impl: str,
         return False
     if lstm_impl == "native":
         return True
-    return bf16 and cpu_has_native_bf16() and (
+    return bf16 and cpu_has_native_bf16() and native_kernel() is not None and (
         training or kept or cpu_has_amx() or rnn.hidden_size >= NATIVE_EVAL_MIN_HIDDEN)
 
 
 def describe_lstm_impl(rnn: nn.RNNBase, device: torch.device, lstm_impl: str, bf16: bool
                        ) -> str:
-    """For run headers and logs: which recurrent layer trains and which evaluates (a run's
-    evaluation passes hold their weights in a `weights_kept` block)."""
+    """For run headers and logs: the recurrent layer a run trains and evaluates with (the same
+    for both: a run's evaluation passes hold their weights in a `weights_kept` block)."""
     if not isinstance(rnn, nn.LSTM):
         return f"PyTorch {type(rnn).__name__}"
-    def name(training: bool) -> str:
-        if not uses_native_lstm(rnn, device, lstm_impl, bf16, training, kept=True):
-            return "oneDNN" if device.type == "cpu" else "cuDNN"
-        return "lstmkit" if native_kernel() is not None else "lstmkit (plain PyTorch)"
-    train, evaluate = name(True), name(False)
-    return train if train == evaluate else f"{train} (train), {evaluate} (eval)"
+    if not uses_native_lstm(rnn, device, lstm_impl, bf16, training=True, kept=True):
+        return "oneDNN" if device.type == "cpu" else "cuDNN"
+    return "lstmkit" if native_kernel() is not None else "lstmkit (plain PyTorch)"
 
 
 def _bf16_autocast_without_native_bf16() -> bool:
