@@ -115,6 +115,21 @@ def training_steps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return taken
 
 
+@pytest.fixture
+def kept_calls(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Whether each LSTM call since ran inside a `weights_kept` block (auto decides by it)."""
+    from lstmkit.nn import recurrent
+    seen: list[bool] = []
+    original = recurrent.uses_native_lstm
+
+    def recording(rnn, device, lstm_impl, bf16, training, kept):
+        seen.append(kept)
+        return original(rnn, device, lstm_impl, bf16, training, kept)
+
+    monkeypatch.setattr(recurrent, "uses_native_lstm", recording)
+    return seen
+
+
 def tree_files(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*")} if root.exists() else set()
 

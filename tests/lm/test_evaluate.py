@@ -79,16 +79,8 @@ def test_a_model_that_ignores_its_input_scores_the_unigram_perplexity(model):
     assert got == pytest.approx(unigram_perplexity(train, ids, 40), rel=1e-5)
 
 
-def test_an_evaluation_pass_runs_inside_one_kept_block(model, monkeypatch):
-    from lstmkit.nn import recurrent
-    seen = []  # whether each LSTM call ran inside a weights_kept block (auto decides by it)
-    original = recurrent.uses_native_lstm
-
-    def recording(rnn, device, lstm_impl, bf16, training, kept):
-        seen.append(kept)
-        return original(rnn, device, lstm_impl, bf16, training, kept)
-
-    monkeypatch.setattr(recurrent, "uses_native_lstm", recording)
+def test_an_evaluation_pass_runs_inside_one_kept_block(model, kept_calls):
+    seen = kept_calls
     ids = torch.randint(0, 40, (120,), generator=torch.Generator().manual_seed(0))
     perplexity(model, ids, 4, 10)
     stream_perplexity(model, ids)

@@ -160,16 +160,8 @@ def test_cli_sample_with_beam_samples_and_stop(runs, capsys):
 
 
 def test_sample_score_and_beam_search_hold_their_weights_and_generators_do_not(runs,
-                                                                              monkeypatch):
-    from lstmkit.nn import recurrent
-    run, seen = runs["word"], []  # a word-level LSTM: auto decides per call by the block
-    original = recurrent.uses_native_lstm
-
-    def recording(rnn, device, lstm_impl, bf16, training, kept):
-        seen.append(kept)
-        return original(rnn, device, lstm_impl, bf16, training, kept)
-
-    monkeypatch.setattr(recurrent, "uses_native_lstm", recording)
+                                                                              kept_calls):
+    run, seen = runs["word"], kept_calls  # a word-level LSTM: auto decides per call by the block
     for use in (lambda: run.sample(length=5, seed=0), lambda: run.score("the cat sat"),
                 lambda: run.beam_search(length=5, beam=2)):
         seen.clear()
