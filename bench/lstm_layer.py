@@ -24,7 +24,8 @@ import time
 import torch
 from torch import nn
 
-from lstmkit.nn.lstm import fused_lstm, lstm_weights, native_kernel, weights_kept
+from lstmkit.nn.kept import weights_kept
+from lstmkit.nn.lstm import fused_lstm, lstm_weights, native_kernel
 from throughput import machine, parse_args
 
 LAYERS = 2

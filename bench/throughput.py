@@ -47,7 +47,7 @@ from lstmkit.lm.train import keeps_bf16_copies
 from lstmkit.nn import softmax
 from lstmkit.nn.bf16_copies import Bf16Copies
 from lstmkit.nn.embedding import collect_row_grads
-from lstmkit.nn.lstm import weights_kept
+from lstmkit.nn.kept import weights_kept
 from lstmkit.nn.recurrent import detach_state
 
 RNN_MODULES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}

@@ -216,6 +216,9 @@ def _add_sample(commands) -> None:
                         "newline, or any other string (printed)")
     p.add_argument("--device", default="cpu", choices=api.DEVICES,
                    help="where to sample (default cpu: token by token, a GPU gains little)")
+    p.add_argument("--precision", choices=api.PRECISIONS,
+                   help="precision to run the model in (default: the one it was trained in, "
+                        "where this device has it natively)")
     _add_quantize(p)
     p.set_defaults(handler=_run_sample)
 
@@ -236,7 +239,8 @@ def _run_sample(args: argparse.Namespace) -> int:
         sys.stdout.flush()  # a closed pipe (`| head`) ends the command in `main`
 
     text = run.sample(args.prime, args.length, args.temperature, args.top_k, args.seed,
-                      on_text=write, top_p=args.top_p, stop_at=args.stop_at)
+                      on_text=write, top_p=args.top_p, stop_at=args.stop_at,
+                      precision=args.precision)
     if text and not text.endswith("\n"):
         sys.stdout.write("\n")
         sys.stdout.flush()
@@ -249,13 +253,15 @@ def _print_texts(run: api.LanguageModelRun, args: argparse.Namespace) -> int:
         if args.num_samples is not None:
             raise UserError("--beam gives the best N texts and --num-samples K random ones "
                             "(give one of them)")
-        found = run.beam_search(args.prime, args.length, args.beam, args.stop_at)
+        found = run.beam_search(args.prime, args.length, args.beam, args.stop_at,
+                                args.precision)
         headers = [f"=== beam {i}/{len(found)}: log-prob {b.logprob:.4f} nats, "
                    f"{b.score:.4f} per token ===" for i, b in enumerate(found, start=1)]
         texts = [b.text for b in found]
     else:
         texts = run.sample(args.prime, args.length, args.temperature, args.top_k, args.seed,
-                           top_p=args.top_p, stop_at=args.stop_at, num_samples=args.num_samples)
+                           top_p=args.top_p, stop_at=args.stop_at, num_samples=args.num_samples,
+                           precision=args.precision)
         headers = [f"=== sample {i}/{len(texts)} ===" for i in range(1, len(texts) + 1)]
     for header, text in zip(headers, texts, strict=True):
         print(header)

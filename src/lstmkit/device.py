@@ -72,6 +72,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 def check_precision(precision: str, device: torch.device) -> None:
     """Refuses what cannot run here; warns about bf16 where it can only crawl."""
+    if precision not in PRECISIONS:
+        raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "fp16" and device.type != "cuda":
         raise UserError("precision fp16 needs a CUDA GPU; on the CPU use bf16 or fp32")
     if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():

@@ -1,18 +1,22 @@
 """Sampling and scoring as plain functions of a model, checked against independent computations:
 every emitted token is re-derived from a fresh forward pass over the whole prefix."""
 
+import contextvars
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from lstmkit.device import cpu_has_native_bf16
 from lstmkit.errors import UserError
 from lstmkit.lm.config import LMConfig
 from lstmkit.lm.evaluate import perplexity, stream_perplexity
 from lstmkit.lm.generate import (
     Detokenizer,
     choose_next,
+    draw_rows,
+    inverse_cdf,
     make_generator,
     sample_ids,
     score_ids,
@@ -96,6 +100,17 @@ def test_sampling_distribution_follows_the_softmax_at_the_temperature():
     assert torch.allclose(counts / n, expected, atol=0.015)
 
 
+def test_drawing_by_the_running_sum_never_picks_a_column_of_weight_zero():
+    weights = torch.tensor([[0.0, 0.3, 0.0, 0.7, 0.0, 0.0],
+                            [0.0, 0.0, 0.0, 0.0, 1e-300, 0.0]], dtype=torch.float64)
+    below_one = torch.nextafter(torch.tensor(1.0, dtype=torch.float64), torch.tensor(0.0))
+    for u, want in ((0.0, [1, 4]), (0.3, [3, 4]), (0.2999, [1, 4]), (below_one, [3, 4])):
+        picked = inverse_cdf(weights, torch.full((2, 1), float(u), dtype=torch.float64))
+        assert picked.tolist() == want, u
+    drawn = draw_rows(weights[:1].expand(1000, -1), make_generator(0))
+    assert set(drawn.tolist()) == {1, 3}
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"length": -1}, "sample length must be an integer >= 0"),
     ({"length": 2.5}, "sample length must be an integer >= 0"),
@@ -176,10 +191,10 @@ def test_words_are_spaced_and_eos_is_a_line_break():
 
 
 def test_sampling_in_a_kept_block_draws_what_packing_afresh_draws():
-    """`lstmkit sample` holds the weights for the whole sample (nn.lstm.weights_kept): with
+    """`lstmkit sample` holds the weights for the whole sample (nn.kept.weights_kept): with
     lstmkit's LSTM layer the tokens are those drawn without the block, and greedy tokens are
     the argmax of logits recomputed over the prefix outside it."""
-    from lstmkit.nn.lstm import weights_kept
+    from lstmkit.nn.kept import weights_kept
     torch.manual_seed(0)
     config = LMConfig(hidden_size=16, num_layers=2, init_scale=0.6, lstm_impl="native")
     model = build_language_model(config, vocab_size=V).eval()
@@ -189,3 +204,32 @@ def test_sampling_in_a_kept_block_draws_what_packing_afresh_draws():
         greedy = draw(model, length=20, temperature=0.0)
     assert inside == outside
     assert greedy == prefix_logits(model, (3, 1, 4), greedy).argmax(dim=1).tolist()
+
+
+def test_a_generators_tokens_share_kept_weights_and_a_load_between_them_is_seen(monkeypatch):
+    """A sample's steps share one kept block (W_ih's cast, W_hh's panels, the output layer's
+    cast): greedy tokens drawn around a load of other weights between two tokens are those
+    drawn when nothing is kept; the caller's code between tokens runs outside the block and
+    outside autocast."""
+    from lstmkit.lm import generate
+    from lstmkit.nn.kept import weights_are_kept
+
+    torch.manual_seed(0)
+    config = LMConfig(hidden_size=16, num_layers=2, init_scale=0.6, lstm_impl="native")
+    model, other = (build_language_model(config, vocab_size=V).eval() for _ in range(2))
+    first_weights = {k: v.clone() for k, v in model.state_dict().items()}
+    precision = "bf16" if cpu_has_native_bf16() else "fp32"
+
+    def draw_around_a_load(load: bool) -> list[int]:
+        model.load_state_dict(first_weights)
+        steps = sample_ids(model, [3, 1, 4], 12, temperature=0.0, precision=precision)
+        tokens = [next(steps) for _ in range(4)]
+        assert not weights_are_kept() and not torch.is_autocast_enabled("cpu")
+        if load:
+            model.load_state_dict(other.state_dict())
+        return tokens + list(steps)
+
+    kept = draw_around_a_load(load=True)
+    assert kept != draw_around_a_load(load=False), "the load changes the tokens"
+    monkeypatch.setattr(generate, "kept_weights_context", contextvars.copy_context)
+    assert kept == draw_around_a_load(load=True)

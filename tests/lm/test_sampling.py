@@ -2,13 +2,15 @@
 `lstmkit.load(...)`, on untrained tiny models (sampling needs no training to be checked)."""
 
 import math
+import warnings
 
 import pytest
 import torch
 
 import lstmkit
 from lstmkit.cli import main
-from lstmkit.errors import UserError
+from lstmkit.device import cpu_has_native_bf16
+from lstmkit.errors import LstmkitWarning, UserError
 from lstmkit.lm.generate import (
     StopWatch,
     beam_search,
@@ -78,20 +80,22 @@ def test_beam_one_is_greedy(runs):
                                                                                   beam=1)[0]
 
 
+@pytest.mark.parametrize("precision", ["fp32", None])
 @pytest.mark.parametrize("level", ["word", "char"])
-def test_a_beams_log_probability_is_the_score_of_its_text(runs, level):
+def test_a_beams_log_probability_is_the_score_of_its_text(runs, level, precision):
+    """In fp32 and in the precision both use by default (the saved one: bf16 where native)."""
     run = runs[level]
     # Word scoring ends the last line with <eos>: compare whole sentences (stop at eos).
     stop_at = "eos" if level == "word" else None
-    beams = run.beam_search(length=40 if level == "word" else 12, beam=3, stop_at=stop_at)
+    beams = run.beam_search(length=40 if level == "word" else 12, beam=3, stop_at=stop_at,
+                            precision=precision)
     assert len(beams) == 3
     assert [b.score for b in beams] == sorted((b.score for b in beams), reverse=True)
     compared = 0
     for found in beams:
         if level == "word" and not found.continuation.endswith("\n"):
             continue
-        # Beam search runs in fp32; so does the score it is checked against.
-        scored = run.score("\n" + found.continuation, precision="fp32")
+        scored = run.score("\n" + found.continuation, precision=precision)
         assert found.tokens == scored.tokens
         assert found.logprob == pytest.approx(scored.logprob_nats, abs=1e-4)
         compared += 1
@@ -159,14 +163,47 @@ def test_cli_sample_with_beam_samples_and_stop(runs, capsys):
     assert math.isfinite(runs["word"].score("the cat\n").logprob_nats)
 
 
-def test_sample_score_and_beam_search_hold_their_weights_and_generators_do_not(runs,
-                                                                              kept_calls):
+def test_sample_score_beam_search_and_the_generators_hold_their_weights(runs, kept_calls):
     run, seen = runs["word"], kept_calls  # a word-level LSTM: auto decides per call by the block
     for use in (lambda: run.sample(length=5, seed=0), lambda: run.score("the cat sat"),
-                lambda: run.beam_search(length=5, beam=2)):
+                lambda: run.beam_search(length=5, beam=2),
+                lambda: "".join(run.generate(length=5, seed=0))):
         seen.clear()
         use()
         assert seen and all(seen)
-    seen.clear()  # their caller's code runs between tokens and could change the weights
-    "".join(run.generate(length=5, seed=0))
-    assert seen and not any(seen)
+
+
+def test_sampling_runs_the_model_in_the_saved_precision_unless_asked_and_only_inside_steps(
+        runs, monkeypatch):
+    """As `score` does: the saved precision where this CPU has it natively (the tiny runs are
+    saved as `auto`), else the one asked for; autocast is entered per step, so the caller's
+    code between tokens runs without it."""
+    run = runs["word"]
+    seen: list[torch.dtype | None] = []
+    hidden = run.model.hidden
+
+    def recording(ids, state):
+        seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu")
+                    else None)
+        return hidden(ids, state)
+
+    monkeypatch.setattr(run.model, "hidden", recording)
+    saved = torch.bfloat16 if cpu_has_native_bf16() else None
+    for precision, want in ((None, saved), ("fp32", None), ("bf16", torch.bfloat16)):
+        seen.clear()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", LstmkitWarning)  # bf16 emulated on some CPUs
+            for _ in run.generate(length=4, seed=0, precision=precision):
+                assert not torch.is_autocast_enabled("cpu")
+            run.beam_search(length=3, beam=2, precision=precision)
+        assert seen and set(seen) == {want}
+    with pytest.raises(UserError, match="precision"):
+        run.sample(length=3, precision="fp64")
+
+
+def test_sample_and_generate_draw_the_same_text_in_fp32(runs):
+    run = runs["word"]
+    drawn = "".join(run.generate(length=30, seed=4, precision="fp32"))
+    assert run.sample(length=30, seed=4, precision="fp32") == drawn
+    assert main(["sample", "--model", str(runs["word_path"]), "--length", "30", "--seed", "4",
+                 "--precision", "fp32"]) == 0

@@ -13,6 +13,7 @@ from lstmkit.device import cpu_has_native_bf16
 from lstmkit.errors import LstmkitWarning
 from lstmkit.nn import kernels
 from lstmkit.nn import lstm as fused
+from lstmkit.nn.kept import _KEPT, weights_kept
 
 # fp32: the same math as nn.LSTM up to summation order and exp/tanh rounding (measured ~3e-7).
 FP32 = dict(rtol=1e-5, atol=1e-5)
@@ -176,7 +177,7 @@ def test_inference_in_a_kept_block_equals_packing_afresh(backend, autocast):
         for a, b in ((out_k, out_f), (h_k, h_f), (c_k, c_f)):
             assert torch.equal(a, b.detach())
 
-    with fused.weights_kept():
+    with weights_kept():
         first = both()
         assert_same(first)
         assert_same(both())  # the second call runs on what the first kept
@@ -207,9 +208,9 @@ def test_outside_a_kept_block_a_fused_optimizer_step_is_seen(backend):
         ref = rnn(x, (h0, c0))[0]
     assert not torch.equal(after, before)
     torch.testing.assert_close(after, ref, **FP32)
-    with fused.weights_kept():
-        assert fused._KEPT.get() == {}
-    assert fused._KEPT.get() is None
+    with weights_kept():
+        assert _KEPT.get() == {}
+    assert _KEPT.get() is None
 
 
 def test_dropout_zero_in_training_equals_nn_lstm(backend):

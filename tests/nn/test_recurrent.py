@@ -13,7 +13,7 @@ from lstmkit.lm.model import build_language_model
 from lstmkit.lm.optim import clipped_step, gradient_norm, make_optimizer
 from lstmkit.lm.runs import load_lm
 from lstmkit.nn import recurrent
-from lstmkit.nn.lstm import weights_kept
+from lstmkit.nn.kept import weights_kept
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 

@@ -34,7 +34,7 @@ from lstmkit.lm.evaluate import Perplexity, perplexity, stream_perplexity
 from lstmkit.lm.quantize import QUANTIZE, check_quantize, quantize_model
 from lstmkit.lm.runs import LoadedLM, load_lm
 from lstmkit.lm.train import TrainResult, train_language_model
-from lstmkit.nn.lstm import weights_kept
+from lstmkit.nn.kept import weights_kept
 from lstmkit.reporting import Console
 from lstmkit.rundir import MODEL_FILE, checkpoint_file
 from lstmkit.text import read_text
@@ -238,7 +238,7 @@ class LanguageModelRun:
 
     def generate(self, prime: str = "", length: int | None = None, temperature: float = 1.0,
                  top_k: int | None = None, seed: int | None = None, top_p: float | None = None,
-                 stop_at: str | None = None) -> Iterator[str]:
+                 stop_at: str | None = None, precision: str | None = None) -> Iterator[str]:
         """Yield the text piece by piece: first the prime, then each token as it is drawn.
 
         `length` tokens are drawn (default: 500 characters or 100 words); temperature 0 is
@@ -250,16 +250,21 @@ class LanguageModelRun:
         Words are joined by spaces and <eos> becomes a line break; characters are as they are.
         Sampling starts after a line break (<eos>, or a newline for char models) so a prime, or
         the first token, begins a line as in the training text.
+
+        The model runs in `precision` (default: as `score` runs it, in the precision it was
+        trained in where this device runs that natively). Its weights are cast and packed
+        once for the sample (nn/kept.py), so they must stay as they are until the generator
+        is done: a load or an in-place change is seen, a fused optimizer's step is not.
         """
         for _, piece in self.generate_samples(prime, length, temperature, top_k, seed, top_p,
-                                              stop_at, num_samples=1):
+                                              stop_at, num_samples=1, precision=precision):
             yield piece
 
     def generate_samples(self, prime: str = "", length: int | None = None,
                          temperature: float = 1.0, top_k: int | None = None,
                          seed: int | None = None, top_p: float | None = None,
-                         stop_at: str | None = None, num_samples: int = 1
-                         ) -> Iterator[tuple[int, str]]:
+                         stop_at: str | None = None, num_samples: int = 1,
+                         precision: str | None = None) -> Iterator[tuple[int, str]]:
         """`generate` for `num_samples` samples drawn together: yields (sample index, piece).
 
         Each sample's prime comes first, then every step gives one piece per sample still
@@ -268,6 +273,7 @@ class LanguageModelRun:
         length = self._length(length)
         generate.check_sampling(length, temperature, top_k, top_p)
         generate.check_count("num_samples", num_samples)
+        precision = self._precision(precision)
         stop = generate.stop_text(stop_at, self.level)
         generator = generate.make_generator(seed)
         context, prime_ids = self._context(prime)
@@ -278,7 +284,8 @@ class LanguageModelRun:
                 yield index, detokenizer.text_of(token)
         going = [True] * num_samples
         for step_ids in generate.sample_batch_ids(self.model, context, length, num_samples,
-                                                  temperature, top_k, generator, top_p):
+                                                  temperature, top_k, generator, top_p,
+                                                  precision):
             for index, next_id in enumerate(step_ids.tolist()):
                 if going[index]:
                     piece = pieces[index].text_of(self.vocab.tokens[next_id])
@@ -288,9 +295,11 @@ class LanguageModelRun:
                 return
 
     def beam_search(self, prime: str = "", length: int | None = None, beam: int = 4,
-                    stop_at: str | None = None) -> list[BeamText]:
+                    stop_at: str | None = None, precision: str | None = None
+                    ) -> list[BeamText]:
         """The `beam` most likely continuations of `prime` (at most `length` tokens), best
-        first, ranked by log-probability per token; `stop_at` as in `generate`.
+        first, ranked by log-probability per token; `stop_at` and `precision` as in
+        `generate`.
 
         A continuation's `logprob` is that of its tokens after the line break and the prime,
         so it equals `score` of a line break, the prime and the continuation, less the prime's
@@ -304,7 +313,8 @@ class LanguageModelRun:
             return stop is not None and stop in self._text(ids)
 
         found = generate.beam_search(self.model, context, length, beam,
-                                     reached_stop if stop is not None else None)
+                                     reached_stop if stop is not None else None,
+                                     self._precision(precision))
         prime_text = self._text(tuple(prime_ids))
         return [BeamText(prime_text, self._text(h.ids, after=prime_ids), h.logprob, len(h.ids))
                 for h in found]
@@ -314,31 +324,40 @@ class LanguageModelRun:
                top_k: int | None = None, seed: int | None = None,
                on_text: Callable[[str], object] | None = None, *, top_p: float | None = None,
                stop_at: str | None = None, num_samples: int | None = None,
-               beam: int | None = None) -> str | list[str]:
+               beam: int | None = None, precision: str | None = None) -> str | list[str]:
         """The prime and `length` sampled tokens as one string; `on_text` sees each piece.
 
         With `num_samples` K: a list of K such strings, drawn together. With `beam` N: the N
         best beam-search texts (temperature, top-k, top-p and seed play no part). The model's
         weights are held for the whole call (`on_text` must not change them), so its LSTM
-        layers pack them once rather than once per token.
+        layers pack them once rather than once per token. `precision` as in `generate`.
         """
         if beam is not None:
             if num_samples is not None:
                 raise UserError("beam search returns the best --beam texts; --num-samples is "
                                 "for random samples (give one of them)")
-            return [found.text for found in self.beam_search(prime, length, beam, stop_at)]
+            return [found.text for found in self.beam_search(prime, length, beam, stop_at,
+                                                             precision)]
         if num_samples is not None:
             texts = [""] * num_samples if isinstance(num_samples, int) else []
             for index, piece in self.generate_samples(prime, length, temperature, top_k, seed,
-                                                      top_p, stop_at, num_samples):
+                                                      top_p, stop_at, num_samples, precision):
                 texts[index] += piece
             return texts
         out = []
-        for piece in self.generate(prime, length, temperature, top_k, seed, top_p, stop_at):
+        for piece in self.generate(prime, length, temperature, top_k, seed, top_p, stop_at,
+                                   precision):
             out.append(piece)
             if on_text is not None:
                 on_text(piece)
         return "".join(out)
+
+    def _precision(self, asked: str | None) -> str:
+        """The precision to run the model in: `asked`, else the saved one (see
+        `_reuse_precision`)."""
+        device = next(self.model.parameters()).device
+        check_quantize(self.quantize, device, asked)
+        return _reuse_precision(asked, self.config.precision, self.quantize, device)
 
     def _length(self, length: int | None) -> int:
         return DEFAULT_SAMPLE_LENGTH[self.level] if length is None else length
@@ -366,9 +385,7 @@ class LanguageModelRun:
         Equals `evaluate --stream` on the same text; with `per_line`, each line's share too.
         """
         ids, line_lengths = encode_text(self.vocab, text, self.level, where)
-        device = next(self.model.parameters()).device
-        check_quantize(self.quantize, device, precision)
-        precision = _reuse_precision(precision, self.config.precision, self.quantize, device)
+        precision = self._precision(precision)
         if ids.numel() < 2:
             raise UserError(f"{where}: {ids.numel()} token(s) are too few to score (the first "
                             f"is context only)")

@@ -14,7 +14,7 @@ import torch
 
 from lstmkit.device import autocast
 from lstmkit.lm.batching import batch_rows, bptt_windows
-from lstmkit.nn.lstm import weights_kept
+from lstmkit.nn.kept import weights_kept
 
 STREAM_NUM_STEPS = 100  # batch-1 stream: the chunk length only sets speed, not the result
 

@@ -33,7 +33,7 @@ from lstmkit.device import autocast
 from lstmkit.errors import UserError
 from lstmkit.fields import SEED_LIMIT
 from lstmkit.lm.evaluate import STREAM_NUM_STEPS
-from lstmkit.nn.lstm import weights_kept
+from lstmkit.nn.kept import kept_weights_context, weights_kept
 from lstmkit.vocab import EOS
 
 
@@ -91,8 +91,27 @@ def choose_next_batch(logits: torch.Tensor, temperature: float, top_k: int | Non
         scaled = mask.scatter(1, kept, scaled.gather(1, kept))
     probs = torch.softmax(scaled, dim=1)
     if top_p is not None and top_p < 1:
-        probs = probs * nucleus_mask(probs, top_p)  # multinomial renormalises
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        probs = probs * nucleus_mask(probs, top_p)  # draw_rows renormalises
+    return draw_rows(probs, generator)
+
+
+def draw_rows(weights: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One column per row of `weights` [K, V] (>= 0, each row with some weight), drawn with
+    probability weight / row sum: [K]. By the inverse of the running sum, one uniform number a
+    row (torch.multinomial draws V exponentials a row: at V = 10,000, a quarter of a sampled
+    token's time with `small`'s shape)."""
+    u = torch.rand(weights.size(0), 1, dtype=torch.float64, generator=generator)
+    return inverse_cdf(weights.double(), u)
+
+
+def inverse_cdf(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Per row the first column whose running sum exceeds u x the row's sum (u [K, 1] in
+    [0, 1)): a column of weight 0 adds nothing to the sum, so it is never the first."""
+    cdf = weights.cumsum(dim=1)
+    total = cdf[:, -1:]
+    # u x total can round up to total itself: stay below it, so some column still exceeds it.
+    target = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, target, right=True).squeeze(1)
 
 
 def nucleus_mask(probs: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -163,19 +182,26 @@ class Detokenizer:
 
 def sample_ids(model, context: Sequence[int], length: int, temperature: float = 1.0,
                top_k: int | None = None, generator: torch.Generator | None = None,
-               top_p: float | None = None) -> Iterator[int]:
+               top_p: float | None = None, precision: str = "fp32") -> Iterator[int]:
     """Yield `length` ids drawn after `context` (at least one id), as they are drawn."""
-    for ids in sample_batch_ids(model, context, length, 1, temperature, top_k, generator, top_p):
+    for ids in sample_batch_ids(model, context, length, 1, temperature, top_k, generator, top_p,
+                                precision):
         yield int(ids[0])
 
 
 @torch.no_grad()
 def sample_batch_ids(model, context: Sequence[int], length: int, num_samples: int,
                      temperature: float = 1.0, top_k: int | None = None,
-                     generator: torch.Generator | None = None, top_p: float | None = None
-                     ) -> Iterator[torch.Tensor]:
+                     generator: torch.Generator | None = None, top_p: float | None = None,
+                     precision: str = "fp32") -> Iterator[torch.Tensor]:
     """Yield `length` steps of [num_samples] ids, each row an independent sample after
-    `context`; the rows share one forward pass per step."""
+    `context`; the rows share one forward pass per step, in `precision`.
+
+    The steps share one kept block (nn/kept.py) for as long as the generator is open, so the
+    weights are cast and packed once per sample, not once per token: they must stay as they
+    are until it closes (a load or an in-place change is seen; a fused optimizer's step is
+    not). Autocast and the block are entered per step: the caller's code between tokens runs
+    as it would without them."""
     check_sampling(length, temperature, top_k, top_p)
     check_count("num_samples", num_samples)
     if not context:
@@ -184,27 +210,37 @@ def sample_batch_ids(model, context: Sequence[int], length: int, num_samples: in
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    held = kept_weights_context()
     try:
-        logits, state = _read_context(model, context, device)
+        logits, state = held.run(_read_context, model, context, device, precision)
         logits = logits.expand(num_samples, -1)
         state = tuple(s.expand(-1, num_samples, -1).contiguous() for s in state)
         for _ in range(length):
             next_ids = choose_next_batch(logits.float().cpu(), temperature, top_k, generator,
                                          top_p)
             yield next_ids
-            out, state = model(next_ids.view(-1, 1).to(device), state)
-            logits = out[:, -1]
+            logits, state = held.run(_next_logits, model, next_ids.to(device), state,
+                                     precision)
     finally:
         model.train(was_training)
 
 
-def _read_context(model, context: Sequence[int], device: torch.device
+def _next_logits(model, ids: torch.Tensor, state: tuple[torch.Tensor, ...], precision: str
+                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """Logits [K, V] after one more token per row (`ids` [K]) and the state after it."""
+    with autocast(precision, ids.device):
+        out, state = model(ids.view(-1, 1), state)
+    return out[:, -1], state
+
+
+def _read_context(model, context: Sequence[int], device: torch.device, precision: str = "fp32"
                   ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """Logits of the token after `context` [1, V] and the state after it (only the last
     step goes through the output layer: a long prime's other logits would cost T x V)."""
     ids = torch.as_tensor(list(context), dtype=torch.long, device=device).view(1, -1)
-    outputs, state = model.hidden(ids, model.zero_state(1))
-    return model.decoder(outputs[:, -1]), state
+    with autocast(precision, device):
+        outputs, state = model.hidden(ids, model.zero_state(1))
+        return model.logits(outputs[:, -1]), state
 
 
 @dataclass(frozen=True)
@@ -222,14 +258,14 @@ class Hypothesis:
 @torch.no_grad()
 @weights_kept()  # `finished` only reads the text
 def beam_search(model, context: Sequence[int], length: int, beam: int,
-                finished: Callable[[tuple[int, ...]], bool] | None = None
-                ) -> list[Hypothesis]:
+                finished: Callable[[tuple[int, ...]], bool] | None = None,
+                precision: str = "fp32") -> list[Hypothesis]:
     """The `beam` best continuations of `context`, at most `length` tokens, best first.
 
     Each step extends the live hypotheses by every token and keeps the `beam` most likely.
     One that `finished` accepts (it reached a stop) leaves the beam; at the end, the finished
     and the live are ranked together by log-probability per token. With beam 1 and no stop
-    this is greedy decoding.
+    this is greedy decoding. The model runs in `precision`.
     """
     check_sampling(length, 0.0, None)
     check_count("beam", beam)
@@ -239,7 +275,7 @@ def beam_search(model, context: Sequence[int], length: int, beam: int,
     model.eval()
     device = next(model.parameters()).device
     try:
-        logits, state = _read_context(model, context, device)
+        logits, state = _read_context(model, context, device, precision)
         live = [Hypothesis((), 0.0)]
         done: list[Hypothesis] = []
         for _ in range(length):
@@ -249,7 +285,8 @@ def beam_search(model, context: Sequence[int], length: int, beam: int,
             picked = torch.as_tensor(rows, dtype=torch.long, device=device)
             state = tuple(s.index_select(1, picked) for s in state)
             last = torch.tensor([[h.ids[-1]] for h in live], dtype=torch.long, device=device)
-            out, state = model(last, state)
+            with autocast(precision, device):
+                out, state = model(last, state)
             logits = out[:, -1]
     finally:
         model.train(was_training)

@@ -29,6 +29,7 @@ from lstmkit.nn.dropout import (
     weight_drop,
 )
 from lstmkit.nn.embedding import Embedding
+from lstmkit.nn.kept import kept_linear
 from lstmkit.nn.recurrent import (
     LayerHooks,
     State,
@@ -214,7 +215,11 @@ class LanguageModel(nn.Module):
 
     def forward(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         outputs, state = self.hidden(ids, state)
-        return self.decoder(outputs), state
+        return self.logits(outputs), state
+
+    def logits(self, outputs: torch.Tensor) -> torch.Tensor:
+        """The output layer on top-layer outputs (its cast weights held in a kept block)."""
+        return kept_linear(outputs, self.decoder)
 
     def window_nll(self, ids: torch.Tensor, targets: torch.Tensor, state: State
                    ) -> tuple[torch.Tensor, State]:

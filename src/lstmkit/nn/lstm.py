@@ -11,9 +11,9 @@ gates sit in L1. Backward yields the gate gradients of all steps, and the weight
 d input are again one product each (dgates^T x, dgates^T h, dgates W_ih).
 
 Precision: without autocast everything is fp32. Under `torch.autocast("cpu", dtype=bfloat16)`
-the products take bf16 operands (the weights cast once per call, once per `weights_kept`
-block, or kept by the training step: nn/bf16_copies.py) with fp32 accumulation; the gate math,
-the cell state c, the saved gate activations and the bias gradient stay fp32; h is stored in
+the products take bf16 operands (the weights cast once per call, once per `weights_kept` block
+(nn/kept.py), or kept by the training step: nn/bf16_copies.py) with fp32 accumulation; the gate
+math, the cell state c, the saved gate activations and the bias gradient stay fp32; h is stored in
 bf16 (it only feeds products and the next layer). The outputs are then bf16, as nn.LSTM's are
 under autocast; the final state (h_n, c_n) is always fp32 (nn.LSTM returns bf16 there), so a
 state carried to the next window loses nothing: two windows of T steps give what one window of
@@ -25,9 +25,6 @@ runs as plain PyTorch ops with the same math (a Python loop over steps: slower, 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
 from types import ModuleType
 
 import torch
@@ -42,6 +39,7 @@ from lstmkit.nn.bf16_copies import (
     weight_for_products,
 )
 from lstmkit.nn.dropout import hash_dropout
+from lstmkit.nn.kept import kept
 
 BLOCK = 64  # hidden units per block of the per-step products (a multiple of 16; 64 measured
 #             fastest of 16/32/64 for training at hidden 200 and 650, single thread)
@@ -184,46 +182,17 @@ def _recurrent_weight(w_hh: torch.Tensor, compute: torch.dtype,
     return whh.contiguous()
 
 
-# Inside `weights_kept()`, per W_hh (by id): (W_ih, W_hh, (compute dtype, their versions), W_ih
-# cast, W_hh packed). Holding the weights keeps their ids unique while the block lasts. A context
-# variable: each thread and each task sees its own, and nothing outlives the block.
-_KEPT: ContextVar[dict[int, tuple] | None] = ContextVar("lstmkit_kept_lstm_weights", default=None)
-
-
-@contextmanager
-def weights_kept() -> Iterator[None]:
-    """A block whose calls without gradients share W_ih's cast and W_hh's packed panels: the
-    caller promises the weights do not change inside it (an evaluation pass; PyTorch's fused
-    optimizers update weights without a trace in their version counters, so no check could
-    tell). At hidden 650 the cast and the packing took 0.9 of the 1.4 ms a layer spent on one
-    token on a Xeon with AMX (bench/lstm_layer.py --batch 1 --shapes 650x1, with and without
-    --kept); an evaluation pays them once, not once per window."""
-    token = _KEPT.set({})
-    try:
-        yield
-    finally:
-        _KEPT.reset(token)
-
-
-def weights_are_kept() -> bool:
-    """Whether this call runs inside a `weights_kept()` block."""
-    return _KEPT.get() is not None
-
-
 def _inference_weights(w_ih: torch.Tensor, w_hh: torch.Tensor, whh: torch.Tensor,
                        compute: torch.dtype, backend: ModuleType
                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """W_ih in `compute`, and W_hh (prepared as `whh`) packed where `weights_kept` keeps it
-    (else None: the kernel packs it)."""
-    kept = _KEPT.get()
-    if kept is None:
-        return w_ih.to(compute), None
-    state = (compute, w_ih._version, w_hh._version)
-    entry = kept.get(id(w_hh))
-    if entry is None or entry[0] is not w_ih or entry[1] is not w_hh or entry[2] != state:
-        packed = backend.pack_forward(whh, compute == torch.bfloat16, BLOCK)
-        entry = kept[id(w_hh)] = (w_ih, w_hh, state, w_ih.detach().to(compute), packed)
-    return entry[3], entry[4]
+    """W_ih in `compute`, and W_hh (prepared as `whh`) packed where a `weights_kept` block
+    keeps it (else None: the kernel packs it). At hidden 650 the cast and the packing took 0.9
+    of the 1.4 ms a layer spent on one token on a Xeon with AMX (bench/lstm_layer.py --batch 1
+    --shapes 650x1, with and without --kept)."""
+    held = kept("lstm", (w_hh, w_ih), compute,
+                lambda: (w_ih.detach().to(compute),
+                         backend.pack_forward(whh, compute == torch.bfloat16, BLOCK)))
+    return held if held is not None else (w_ih.to(compute), None)
 
 
 class _PlainBackend:

@@ -17,7 +17,8 @@ from torch import nn
 
 from lstmkit.device import cpu_has_amx, cpu_has_native_bf16
 from lstmkit.nn.dropout import hash_dropout
-from lstmkit.nn.lstm import fused_lstm, lstm_weights, native_kernel, weights_are_kept
+from lstmkit.nn.kept import weights_are_kept
+from lstmkit.nn.lstm import fused_lstm, lstm_weights, native_kernel
 
 State = tuple[torch.Tensor, ...]
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -37,14 +38,13 @@ LSTM_IMPLS = ("auto", "native", "onednn")
 # Where "auto" runs our LSTM layer under bf16, with its compiled kernel (the plain-PyTorch
 # fallback loops over time steps in Python): training at every size (1.42x at hidden 200, 1.63x
 # at 650, 3.05x at 1500 against oneDNN's bf16 LSTM on a Zen 5, bench/lstm_layer.py).
-# Evaluation inside a `weights_kept` block (evaluation passes, scoring, `sample`, beam search),
+# Evaluation inside a `weights_kept` block (evaluation passes, scoring, sampling, beam search),
 # which casts and packs the weights once, at every size: 1.09x / 1.12x / 1.42x at batch 10,
 # 1.31-1.35x for the batch-1 stream, 1.8-5.1x for one token, at hidden 200 / 650 / 1500 on a
-# Zen 4 with AVX512-BF16 alone (--kept). A call outside one (the generators `serve` streams
-# from) packs W_hh itself: there on a CPU with AMX at every size (1.51x / 1.76x / 1.24x at batch
-# 10 on a Xeon); on one with AVX512-BF16 alone from this width on, since oneDNN's forward was
-# faster at hidden 650 on a Zen 5 and a Zen 4 (0.6-0.87x; at 200 0.98-1.15x). In fp32 oneDNN
-# is faster.
+# Zen 4 with AVX512-BF16 alone (--kept). A call outside one packs W_hh itself: there on a CPU
+# with AMX at every size (1.51x / 1.76x / 1.24x at batch 10 on a Xeon); on one with AVX512-BF16
+# alone from this width on, since oneDNN's forward was faster at hidden 650 on a Zen 5 and a
+# Zen 4 (0.6-0.87x; at 200 0.98-1.15x). In fp32 oneDNN is faster.
 NATIVE_EVAL_MIN_HIDDEN = 1024
 
 
