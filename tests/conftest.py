@@ -122,9 +122,9 @@ def kept_calls(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     seen: list[bool] = []
     original = recurrent.uses_native_lstm
 
-    def recording(rnn, device, lstm_impl, bf16, training, kept):
+    def recording(rnn, device, lstm_impl, bf16, training, kept, one_step=False):
         seen.append(kept)
-        return original(rnn, device, lstm_impl, bf16, training, kept)
+        return original(rnn, device, lstm_impl, bf16, training, kept, one_step)
 
     monkeypatch.setattr(recurrent, "uses_native_lstm", recording)
     return seen

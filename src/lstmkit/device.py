@@ -34,6 +34,12 @@ def cpu_has_native_bf16() -> bool:
     return _torch_cpu_supports("avx512_bf16") or cpu_has_amx()
 
 
+def cpu_has_avx512() -> bool:
+    """AVX-512: where lstmkit's fp32 LSTM layer was measured faster than oneDNN's for one token
+    at a time (nn/recurrent.py); not yet measured on an AVX2-only CPU."""
+    return _torch_cpu_supports("avx512")
+
+
 def cpu_has_amx() -> bool:
     """AMX tiles: there oneDNN's brgemm runs lstmkit's small per-step products fast enough to
     beat its own LSTM primitive in evaluation too (nn/recurrent.py)."""

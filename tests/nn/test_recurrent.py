@@ -78,13 +78,19 @@ def test_auto_evaluates_in_lstmkits_layer_inside_a_kept_block_at_every_width(mon
     with torch.device("meta"):
         narrow, wide = nn.LSTM(8, 650, 2), nn.LSTM(8, recurrent.NATIVE_EVAL_MIN_HIDDEN, 2)
 
-    def native(rnn, kept, bf16=True, impl="auto", device=cpu):
-        return recurrent.uses_native_lstm(rnn, device, impl, bf16, training=False, kept=kept)
+    def native(rnn, kept, bf16=True, impl="auto", device=cpu, one_step=False):
+        return recurrent.uses_native_lstm(rnn, device, impl, bf16, training=False, kept=kept,
+                                          one_step=one_step)
 
     assert native(narrow, kept=True) and native(wide, kept=True)
     assert native(narrow, kept=False) == amx, "outside a block: every width only with AMX"
     assert native(wide, kept=False)
     assert not native(narrow, kept=True, bf16=False), "fp32 evaluates in oneDNN's layer"
+    monkeypatch.setattr(recurrent, "cpu_has_avx512", lambda: True)
+    assert native(narrow, kept=True, bf16=False, one_step=True), "but samples in lstmkit's"
+    assert not native(narrow, kept=False, bf16=False, one_step=True), "in a block only"
+    monkeypatch.setattr(recurrent, "cpu_has_avx512", lambda: False)
+    assert not native(narrow, kept=True, bf16=False, one_step=True), "measured with AVX-512"
     assert not native(narrow, kept=True, impl="onednn")
     assert not native(narrow, kept=True, device=torch.device("cuda")), "cuDNN's on a GPU"
     monkeypatch.setattr(recurrent, "cpu_has_native_bf16", lambda: False)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lstmkit.device import cpu_has_amx, cpu_has_native_bf16
+from lstmkit.device import cpu_has_amx, cpu_has_avx512, cpu_has_native_bf16
 from lstmkit.nn.dropout import hash_dropout
 from lstmkit.nn.kept import weights_are_kept
 from lstmkit.nn.lstm import fused_lstm, lstm_weights, native_kernel
@@ -44,7 +44,9 @@ LSTM_IMPLS = ("auto", "native", "onednn")
 # Zen 4 with AVX512-BF16 alone (--kept). A call outside one packs W_hh itself: there on a CPU
 # with AMX at every size (1.51x / 1.76x / 1.24x at batch 10 on a Xeon); on one with AVX512-BF16
 # alone from this width on, since oneDNN's forward was faster at hidden 650 on a Zen 5 and a
-# Zen 4 (0.6-0.87x; at 200 0.98-1.15x). In fp32 oneDNN is faster.
+# Zen 4 (0.6-0.87x; at 200 0.98-1.15x). In fp32 oneDNN is faster, except for one step at a time
+# inside a block (sampling, beam search), which oneDNN's layer runs slowly at batch 1: a sampled
+# token 1.47x / 1.24x / 4.41x faster at hidden 200 / 650 / 1500 on a Zen 4 (bench/sampling.py).
 NATIVE_EVAL_MIN_HIDDEN = 1024
 
 
@@ -81,15 +83,18 @@ def run_recurrent(rnn: nn.RNNBase, inputs: torch.Tensor, state: State,
 
 
 def uses_native_lstm(rnn: nn.RNNBase, device: torch.device, lstm_impl: str,
-                     bf16: bool, training: bool, kept: bool) -> bool:
+                     bf16: bool, training: bool, kept: bool, one_step: bool = False) -> bool:
     """Whether an LSTM runs through our own layer: always with "native" (on the CPU), never
-    with "onednn"; with "auto" where it measured faster (bf16; see NATIVE_EVAL_MIN_HIDDEN).
-    `kept`: the call runs inside a `weights_kept` block."""
+    with "onednn"; with "auto" where it measured faster (see NATIVE_EVAL_MIN_HIDDEN).
+    `kept`: the call runs inside a `weights_kept` block; `one_step`: over one time step."""
     if not isinstance(rnn, nn.LSTM) or device.type != "cpu" or lstm_impl == "onednn":
         return False
     if lstm_impl == "native":
         return True
-    return bf16 and cpu_has_native_bf16() and native_kernel() is not None and (
+    if not bf16:
+        return kept and one_step and not training and cpu_has_avx512() and \
+            native_kernel() is not None
+    return cpu_has_native_bf16() and native_kernel() is not None and (
         training or kept or cpu_has_amx() or rnn.hidden_size >= NATIVE_EVAL_MIN_HIDDEN)
 
 
@@ -114,12 +119,13 @@ def is_lstm(rnn: nn.Module) -> bool:
 
 
 def _native_here(rnn: nn.RNNBase, inputs: torch.Tensor, lstm_impl: str) -> bool:
-    """`uses_native_lstm` for this call: its device, autocast precision, grad mode and whether
-    it runs inside a `weights_kept` block."""
+    """`uses_native_lstm` for this call: its device, autocast precision, grad mode, whether
+    it runs inside a `weights_kept` block and over one step (batch-first `inputs`)."""
     bf16 = torch.is_autocast_enabled("cpu") and \
         torch.get_autocast_dtype("cpu") == torch.bfloat16
     training = rnn.training and torch.is_grad_enabled()
-    return uses_native_lstm(rnn, inputs.device, lstm_impl, bf16, training, weights_are_kept())
+    return uses_native_lstm(rnn, inputs.device, lstm_impl, bf16, training, weights_are_kept(),
+                            one_step=inputs.size(1) == 1)
 
 
 def _run(rnn: nn.RNNBase, inputs: torch.Tensor, state: State, lstm_impl: str
