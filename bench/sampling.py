@@ -95,7 +95,8 @@ def bench_preset(name: str, args: argparse.Namespace) -> dict:
               / ms[key] for key in runners if not key.startswith("plain")}
     recurrent = {f"{kept}_{p}": "lstmkit" if uses_native_lstm(
         model.rnn, torch.device("cpu"), config.lstm_impl, p == "bf16", training=False,
-        kept=kept == "kept") else "oneDNN" for kept in ("kept", "unkept") for p in precisions}
+        kept=kept == "kept", one_step=True) else "oneDNN"
+        for kept in ("kept", "unkept") for p in precisions}  # what a token runs in
     return {"bench": "sampling", "preset": name, "hidden": config.hidden_size, "vocab": VOCAB,
             "tokens": tokens, "repeats": args.repeats, "ms_per_token": ms,
             "speedup": ratios, "recurrent_layer": recurrent,
