@@ -45,8 +45,9 @@ LSTM_IMPLS = ("auto", "native", "onednn")
 # with AMX at every size (1.51x / 1.76x / 1.24x at batch 10 on a Xeon); on one with AVX512-BF16
 # alone from this width on, since oneDNN's forward was faster at hidden 650 on a Zen 5 and a
 # Zen 4 (0.6-0.87x; at 200 0.98-1.15x). In fp32 oneDNN is faster, except for one step at a time
-# inside a block (sampling, beam search), which oneDNN's layer runs slowly at batch 1: a sampled
-# token 1.47x / 1.24x / 4.41x faster at hidden 200 / 650 / 1500 on a Zen 4 (bench/sampling.py).
+# inside a block (sampling, beam search), which oneDNN's layer runs slowly at batch 1: the layer
+# 1.76x / 1.64x / 7.83x faster at hidden 200 / 650 / 1500, a whole sampled token 1.87x / 1.24x /
+# 1.57x, on a Zen 4 (bench/lstm_layer.py --kept --batch 1, bench/sampling.py).
 NATIVE_EVAL_MIN_HIDDEN = 1024
 
 
