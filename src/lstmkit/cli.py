@@ -355,10 +355,13 @@ def _add_serve(commands) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free)")
+    p.add_argument("--precision", choices=api.PRECISIONS,
+                   help="precision to run the model in (default: the one it was trained in, "
+                        "where this CPU has it natively)")
     _add_quantize(p)
     p.set_defaults(handler=_run_serve)
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    api.serve(args.model, args.host, args.port, args.quantize)
+    api.serve(args.model, args.host, args.port, args.quantize, args.precision)
     return 0

@@ -34,9 +34,10 @@ def cpu_has_native_bf16() -> bool:
     return _torch_cpu_supports("avx512_bf16") or cpu_has_amx()
 
 
+@functools.cache
 def cpu_has_avx512() -> bool:
-    """AVX-512: where lstmkit's fp32 LSTM layer was measured faster than oneDNN's for one token
-    at a time (nn/recurrent.py); not yet measured on an AVX2-only CPU."""
+    """AVX-512: lstmkit's fp32 LSTM layer was measured faster than oneDNN's for one token at a
+    time on a Zen 4 with it (nn/recurrent.py); not yet on an AVX2-only CPU."""
     return _torch_cpu_supports("avx512")
 
 

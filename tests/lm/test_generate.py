@@ -111,6 +111,12 @@ def test_drawing_by_the_running_sum_never_picks_a_column_of_weight_zero():
     assert set(drawn.tolist()) == {1, 3}
 
 
+def test_logits_that_are_not_numbers_are_a_user_error_not_an_index_error():
+    for logits in (torch.tensor([0.0, math.nan, 1.0]), torch.full((3,), -math.inf)):
+        with pytest.raises(UserError, match="not numbers"):
+            choose_next(logits, 1.0, None, make_generator(0))
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"length": -1}, "sample length must be an integer >= 0"),
     ({"length": 2.5}, "sample length must be an integer >= 0"),

@@ -97,7 +97,9 @@ def test_a_beams_log_probability_is_the_score_of_its_text(runs, level, precision
             continue
         scored = run.score("\n" + found.continuation, precision=precision)
         assert found.tokens == scored.tokens
-        assert found.logprob == pytest.approx(scored.logprob_nats, abs=1e-4)
+        # bf16 (the default where native): beam rows and the batch-1 stream may round apart
+        assert found.logprob == pytest.approx(scored.logprob_nats,
+                                              abs=1e-4 if precision == "fp32" else 2e-3)
         compared += 1
     assert compared >= 1
     greedy = run.beam_search(length=12, beam=1)[0]
@@ -201,9 +203,14 @@ def test_sampling_runs_the_model_in_the_saved_precision_unless_asked_and_only_in
         run.sample(length=3, precision="fp64")
 
 
-def test_sample_and_generate_draw_the_same_text_in_fp32(runs):
-    run = runs["word"]
-    drawn = "".join(run.generate(length=30, seed=4, precision="fp32"))
-    assert run.sample(length=30, seed=4, precision="fp32") == drawn
-    assert main(["sample", "--model", str(runs["word_path"]), "--length", "30", "--seed", "4",
+def test_the_command_and_a_run_loaded_with_a_precision_sample_in_it(runs, capsys):
+    path = str(runs["word_path"])
+    assert main(["sample", "--model", path, "--length", "30", "--seed", "4",
                  "--precision", "fp32"]) == 0
+    printed = capsys.readouterr().out
+    assert printed == "".join(runs["word"].generate(length=30, seed=4, precision="fp32")) + "\n"
+    assert lstmkit.load(path, precision="fp32").sample(length=30, seed=4) + "\n" == printed
+    with pytest.raises(UserError, match="precision"):
+        lstmkit.load(path, precision="fp64")
+    assert main(["sample", "--model", path, "--quantize", "int8", "--precision", "bf16"]) == 2
+    assert "--quantize int8 keeps activations in fp32" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """`lstmkit serve` as a real server on loopback: a subprocess on a free port, real HTTP."""
 
+import asyncio
 import json
 import os
 import shutil
@@ -70,6 +71,23 @@ def stream_sample(url: str, body: dict) -> tuple[list[dict], str]:
                 events.append(json.loads(line[6:]))
         assert ended
         return events, response.headers["content-type"]
+
+
+def test_every_call_on_the_model_thread_shares_one_kept_block():
+    """The served weights never change: every call, and each sample's generator inside it,
+    shares one set of kept weights, however many streams are open."""
+    from lstmkit.lm.serve import ModelThread
+    from lstmkit.nn.kept import _KEPT, kept_weights_context
+
+    model_thread = ModelThread()
+
+    async def calls() -> list:
+        return [await model_thread.call(_KEPT.get),
+                await model_thread.call(lambda: kept_weights_context().run(_KEPT.get))]
+
+    first, in_a_generator = asyncio.run(calls())
+    assert first is not None and in_a_generator is first
+    assert _KEPT.get() is None, "not outside the model thread's calls"
 
 
 def test_health_names_the_model(server):

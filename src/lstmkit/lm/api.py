@@ -224,13 +224,16 @@ class LanguageModelRun:
     >>> run.score("To be, or not to be, that is the question.").perplexity
     """
 
-    def __init__(self, loaded: LoadedLM, quantize: str | None = None) -> None:
+    def __init__(self, loaded: LoadedLM, quantize: str | None = None,
+                 precision: str | None = None) -> None:
         self.loaded = loaded
         self.quantize = quantize
         self.model = quantize_model(loaded.model.eval(), quantize)
         self.vocab = loaded.vocab
         self.config = loaded.config
         self.level = loaded.level
+        self.precision = precision  # what calls that name none run in (None: the saved one)
+        self._precision(None)  # checked now, not at the first call
 
     def encode(self, text: str, where: str = "text") -> torch.Tensor:
         """Ids of `text`, tokenised as the training data was (word: with <eos> per line)."""
@@ -254,7 +257,8 @@ class LanguageModelRun:
         The model runs in `precision` (default: as `score` runs it, in the precision it was
         trained in where this device runs that natively). Its weights are cast and packed
         once for the sample (nn/kept.py), so they must stay as they are until the generator
-        is done: a load or an in-place change is seen, a fused optimizer's step is not.
+        is done: a load or an in-place change is seen, a fused optimizer's step or a change
+        through `.data` is not.
         """
         for _, piece in self.generate_samples(prime, length, temperature, top_k, seed, top_p,
                                               stop_at, num_samples=1, precision=precision):
@@ -353,8 +357,9 @@ class LanguageModelRun:
         return "".join(out)
 
     def _precision(self, asked: str | None) -> str:
-        """The precision to run the model in: `asked`, else the saved one (see
+        """The precision to run the model in: `asked`, else the run's, else the saved one (see
         `_reuse_precision`)."""
+        asked = asked if asked is not None else self.precision
         device = next(self.model.parameters()).device
         check_quantize(self.quantize, device, asked)
         return _reuse_precision(asked, self.config.precision, self.quantize, device)
@@ -420,7 +425,7 @@ def export(model_path: str | Path, out_dir: str | Path, overwrite: bool = False)
 
 
 def serve(model_path: str | Path, host: str = "127.0.0.1", port: int = 8000,
-          quantize: str | None = None) -> None:
+          quantize: str | None = None, precision: str | None = None) -> None:
     """`lstmkit serve`: the model over HTTP until interrupted (see lstmkit.lm.serve)."""
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise UserError(f"--port must be in 0..65535, got {port!r}")
@@ -429,13 +434,15 @@ def serve(model_path: str | Path, host: str = "127.0.0.1", port: int = 8000,
     except ImportError as err:
         raise UserError(f"serving needs the {err.name or 'fastapi'} package: pip install "
                         f"'lstmkit[serve]'") from None
-    server.serve(load(model_path, "cpu", quantize), host, port)
+    server.serve(load(model_path, "cpu", quantize, precision), host, port)
 
 
-def load(path: str | Path, device: str = "cpu", quantize: str | None = None
-         ) -> LanguageModelRun:
+def load(path: str | Path, device: str = "cpu", quantize: str | None = None,
+         precision: str | None = None) -> LanguageModelRun:
     """A saved language model (run directory or checkpoint file), ready to sample and score;
-    `quantize` "int8" makes its recurrent and output layers int8 (CPU inference)."""
+    `quantize` "int8" makes its recurrent and output layers int8 (CPU inference); `precision`
+    is what its calls run in where they name none (default: the one it was trained in, where
+    this device has it natively)."""
     device_used = resolve_device("cpu" if quantize and device == "auto" else device)
-    check_quantize(quantize, device_used, None)
-    return LanguageModelRun(load_lm(path, device_used), quantize)
+    check_quantize(quantize, device_used, precision)
+    return LanguageModelRun(load_lm(path, device_used), quantize, precision)

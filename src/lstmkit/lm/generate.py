@@ -98,8 +98,7 @@ def choose_next_batch(logits: torch.Tensor, temperature: float, top_k: int | Non
 def draw_rows(weights: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """One column per row of `weights` [K, V] (>= 0, each row with some weight), drawn with
     probability weight / row sum: [K]. By the inverse of the running sum, one uniform number a
-    row (torch.multinomial draws V exponentials a row: at V = 10,000, a quarter of a sampled
-    token's time with `small`'s shape)."""
+    row (torch.multinomial draws an exponential for every column)."""
     u = torch.rand(weights.size(0), 1, dtype=torch.float64, generator=generator)
     return inverse_cdf(weights.double(), u)
 
@@ -109,6 +108,9 @@ def inverse_cdf(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     [0, 1)): a column of weight 0 adds nothing to the sum, so it is never the first."""
     cdf = weights.cumsum(dim=1)
     total = cdf[:, -1:]
+    if not bool((torch.isfinite(total) & (total > 0)).all()):
+        raise UserError("the model's next-token probabilities are not numbers (NaN or "
+                        "infinite logits: are its weights finite?)")
     # u x total can round up to total itself: stay below it, so some column still exceeds it.
     target = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
     return torch.searchsorted(cdf, target, right=True).squeeze(1)
@@ -199,9 +201,9 @@ def sample_batch_ids(model, context: Sequence[int], length: int, num_samples: in
 
     The steps share one kept block (nn/kept.py) for as long as the generator is open, so the
     weights are cast and packed once per sample, not once per token: they must stay as they
-    are until it closes (a load or an in-place change is seen; a fused optimizer's step is
-    not). Autocast and the block are entered per step: the caller's code between tokens runs
-    as it would without them."""
+    are until it closes (a load or an in-place change is seen; a fused optimizer's step or a
+    change through `.data` is not). Autocast and the block are entered per step: the caller's
+    code between tokens runs as it would without them."""
     check_sampling(length, temperature, top_k, top_p)
     check_count("num_samples", num_samples)
     if not context:
@@ -284,10 +286,8 @@ def beam_search(model, context: Sequence[int], length: int, beam: int,
                 break
             picked = torch.as_tensor(rows, dtype=torch.long, device=device)
             state = tuple(s.index_select(1, picked) for s in state)
-            last = torch.tensor([[h.ids[-1]] for h in live], dtype=torch.long, device=device)
-            with autocast(precision, device):
-                out, state = model(last, state)
-            logits = out[:, -1]
+            last = torch.tensor([h.ids[-1] for h in live], dtype=torch.long, device=device)
+            logits, state = _next_logits(model, last, state, precision)
     finally:
         model.train(was_training)
     return sorted(done + live, key=lambda h: h.score, reverse=True)[:beam]

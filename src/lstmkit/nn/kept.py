@@ -59,12 +59,13 @@ def weights_are_kept() -> bool:
 def kept(what: str, sources: tuple[torch.Tensor, ...], tag: Any, make: Callable[[], T]
          ) -> T | None:
     """`make()`, made once per block for `sources` (and `tag`, say a dtype) while they stay the
-    same tensors at the same versions; None outside a block."""
+    same tensors at the same versions and storage; None outside a block. (A change through
+    `.data` moves neither: it is not seen.)"""
     store = _KEPT.get()
     if store is None:
         return None
     key = (id(sources[0]), what)
-    state = (tuple(s._version for s in sources), tag)
+    state = (tuple((s._version, s.data_ptr(), s.dtype, s.device) for s in sources), tag)
     entry = store.get(key)
     if entry is None or entry[1] != state or any(
             a is not b for a, b in zip(entry[0], sources, strict=True)):
