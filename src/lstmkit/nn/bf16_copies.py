@@ -32,6 +32,7 @@ from contextvars import ContextVar
 import torch
 
 from lstmkit.nn import kernels
+from lstmkit.nn.kept import kept_cast
 
 _ACTIVE: ContextVar[Bf16Copies | None] = ContextVar("lstmkit_bf16_copies", default=None)
 
@@ -120,12 +121,16 @@ def active_copies() -> Bf16Copies | None:
 
 def weight_for_products(weight: torch.Tensor, dtype: torch.dtype,
                         copies: Bf16Copies | None) -> torch.Tensor:
-    """`weight` in `dtype`: the kept bf16 copy where `copies` has one, else cast."""
+    """`weight` in `dtype`: the kept bf16 copy where `copies` has one, the cast a
+    `weights_kept` block holds inside one (nn/kept.py), else cast."""
+    if weight.dtype == dtype:
+        return weight
     if copies is not None and dtype == torch.bfloat16:
         copy = copies.copy_of(weight)
         if copy is not None:
             return copy
-    return weight.to(dtype)
+    held = kept_cast(weight, dtype)
+    return held if held is not None else weight.to(dtype)
 
 
 def gradient_for_autograd(grad: torch.Tensor, dtype: torch.dtype, weight: torch.Tensor | None,

@@ -2,7 +2,8 @@
 
 An evaluation pass, scoring and sampling run many small calls on weights that do not change:
 inside a `weights_kept()` block the LSTM layer's W_ih cast and W_hh packed panels (nn/lstm.py)
-and the output layer's cast weights (`kept_cast`, `kept_linear`) are made once and shared,
+and the output layer's cast weights (`kept_linear`; the softmax layer's through
+`weight_for_products`, nn/bf16_copies.py) are made once and shared,
 instead of once per window or per token. The caller promises the weights do not change inside
 the block: PyTorch's fused optimizers update weights without a trace in their version counters,
 so no check could tell. What changes visibly (a load, an in-place op: the tensor or its version

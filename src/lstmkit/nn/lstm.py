@@ -123,10 +123,9 @@ class _Layer(torch.autograd.Function):
         H = w_hh.size(1)
         ctx.copies = active_copies() if save else None
         whh = _recurrent_weight(w_hh, compute, ctx.copies)
-        if save or backend is _PlainBackend:
-            wih, packed = weight_for_products(w_ih, compute, ctx.copies), None
-        else:
-            wih, packed = _inference_weights(w_ih, w_hh, whh, compute, backend)
+        wih = weight_for_products(w_ih, compute, ctx.copies)
+        packed = None if save or backend is _PlainBackend else \
+            _kept_packing(w_hh, whh, compute, backend)
         bias = (b_ih.float() + b_hh.float()).contiguous()
         xproj = torch.mm(x.reshape(T * B, inp), wih.t()).view(T, B, 4 * H)
         hs, h_n, c_n, cs, gates = backend.forward(xproj, bias, whh, h0.contiguous(),
@@ -182,17 +181,14 @@ def _recurrent_weight(w_hh: torch.Tensor, compute: torch.dtype,
     return whh.contiguous()
 
 
-def _inference_weights(w_ih: torch.Tensor, w_hh: torch.Tensor, whh: torch.Tensor,
-                       compute: torch.dtype, backend: ModuleType
-                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """W_ih in `compute`, and W_hh (prepared as `whh`) packed where a `weights_kept` block
-    keeps it (else None: the kernel packs it). At hidden 650 the cast and the packing took 0.9
-    of the 1.4 ms a layer spent on one token on a Xeon with AMX (bench/lstm_layer.py --batch 1
-    --shapes 650x1, with and without --kept)."""
-    held = kept("lstm", (w_hh, w_ih), compute,
-                lambda: (w_ih.detach().to(compute),
-                         backend.pack_forward(whh, compute == torch.bfloat16, BLOCK)))
-    return held if held is not None else (w_ih.to(compute), None)
+def _kept_packing(w_hh: torch.Tensor, whh: torch.Tensor, compute: torch.dtype,
+                  backend: ModuleType) -> torch.Tensor | None:
+    """W_hh (prepared as `whh`) packed where a `weights_kept` block keeps it (else None: the
+    kernel packs it); W_ih's cast is kept by `weight_for_products`. At hidden 650 the cast and
+    the packing took 0.9 of the 1.4 ms a layer spent on one token on a Xeon with AMX
+    (bench/lstm_layer.py --batch 1 --shapes 650x1, with and without --kept)."""
+    return kept("lstm", (w_hh,), compute,
+                lambda: backend.pack_forward(whh, compute == torch.bfloat16, BLOCK))
 
 
 class _PlainBackend:

@@ -19,7 +19,6 @@ import torch
 
 from lstmkit.nn import kernels
 from lstmkit.nn.bf16_copies import active_copies, gradient_for_autograd, weight_for_products
-from lstmkit.nn.kept import kept_cast
 from lstmkit.nn.products import mm_t, t_mm
 
 CHUNK_ELEMENTS = 1 << 23  # logits per product when no gradient is kept (bounds eval memory)
@@ -32,13 +31,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, targets, compute_dtype):
         h = hidden.to(compute_dtype)
         ctx.copies = active_copies()
+        w = weight_for_products(weight, compute_dtype, ctx.copies)
         b = bias.float().contiguous()
         targets = targets.contiguous()
         if not any(ctx.needs_input_grad[:3]):
-            held = kept_cast(weight, compute_dtype) if weight.dtype != compute_dtype else None
-            w = held if held is not None else weight.to(compute_dtype)
             return _loss_only(h, w, b, targets)
-        w = weight_for_products(weight, compute_dtype, ctx.copies)
         ctx.transposed = _columns_kernel(h)
         if ctx.transposed:  # dlogits^T [V, N]
             dlogits = torch.mm(w, h.t())
